@@ -1,0 +1,1 @@
+"""Pytest fixtures for claimcheck-bus users: Azurite and the Service Bus emulator."""
