@@ -1,0 +1,288 @@
+"""Layered settings: keyword arguments, environment, ``.env``, per-environment TOML, base TOML.
+
+The shape follows the original .NET design's ``ServiceBus`` appsettings section, in Python
+names. Sources, highest first:
+
+1. keyword arguments to :class:`BusSettings`;
+2. environment variables ``CLAIMCHECK_<SECTION>__<KEY>`` (e.g.
+   ``CLAIMCHECK_CLAIM_CHECK__MAX_PAYLOAD_SIZE_KB``);
+3. a ``.env`` file in the configuration folder;
+4. ``claimcheck.{env}.toml``, where ``{env}`` is ``CLAIMCHECK_ENV`` (default ``development``);
+5. ``claimcheck.toml``.
+
+The configuration folder is ``CLAIMCHECK_CONFIG_DIR`` (default: the working directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from claimcheck_bus.errors import ConfigurationError
+
+ENV_PREFIX = "CLAIMCHECK_"
+DEFAULT_ENV = "development"
+#: Premium tier's largest message; a threshold above it could never be reached.
+MAX_THRESHOLD_KB = 100 * 1024
+_CONTAINER_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+def env_var(setting: str) -> str:
+    """The environment variable that sets a dotted setting, e.g. ``claim_check.enabled``."""
+    return ENV_PREFIX + setting.replace(".", "__").upper()
+
+
+class _Section(BaseModel):
+    # Inputs may hold secrets: never echo them in validation errors.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class ServiceBusSettings(_Section):
+    """Where the Service Bus namespace is and how to authenticate to it."""
+
+    connection_string: SecretStr | None = None
+    """A namespace connection string (SAS key). Secret: never logged or shown."""
+    fully_qualified_namespace: str | None = None
+    """``<namespace>.servicebus.windows.net``; authenticates with azure-identity."""
+    default_queue_name: str | None = None
+    """The queue used when a call names no entity."""
+
+
+class BlobStorageSettings(_Section):
+    """The storage account that holds claim-checked payloads."""
+
+    connection_string: SecretStr | None = None
+    """A storage connection string (account key). Secret: never logged or shown."""
+    account_url: str | None = None
+    """``https://<account>.blob.core.windows.net``; authenticates with azure-identity."""
+
+
+class ClaimCheckSettings(_Section):
+    """When payloads go to Blob Storage, and what a receiver accepts back."""
+
+    enabled: bool = True
+    """Offload payloads too large for a message. Off: too large raises ``PayloadTooLargeError``."""
+    always: bool = False
+    """Offload every payload, whatever its size."""
+    max_payload_size_kb: int | None = None
+    """Offload above this many KiB (the original's ``MaxEventPayloadSizeLimitInKB``).
+
+    Unset: the entity's own maximum message size decides."""
+    container_name: str = "claim-check"
+    """The blob container for payloads; created once per process when missing."""
+    sas_expiry_hours: float = 24.0
+    """Lifetime of the read-only SAS in each message (never shorter than the message's TTL)."""
+    blob_storage: BlobStorageSettings = Field(default_factory=BlobStorageSettings)
+    trusted_blob_endpoints: list[str] = Field(default_factory=list)
+    """Extra storage endpoints (``scheme://host[:port]/account[/container]``) receivers may
+    download from, besides the configured account's own container."""
+    allow_http: bool = False
+    """Accept ``http`` payload URLs beyond loopback hosts (e.g. Azurite in a container network)."""
+    max_download_size_mb: float = 256.0
+    """Receivers refuse payloads larger than this, before and while downloading."""
+    download_timeout_seconds: float = 30.0
+    """Connect/read timeout of one payload download attempt."""
+    delete_after_complete: bool = False
+    """Delete the blob when a claim-checked message is completed. Only for point-to-point
+    queues: on a topic the other subscriptions still need it."""
+
+
+class BusSettings(BaseSettings):
+    """All claimcheck-bus settings, layered from code, environment and per-environment files.
+
+    Example: ``BusSettings()`` reads ``CLAIMCHECK_*`` variables and the TOML files of the
+    environment named by ``CLAIMCHECK_ENV``; ``BusSettings(claim_check={"always": True})``
+    overrides one setting in code.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        hide_input_in_errors=True,
+        validate_default=True,
+    )
+
+    env: str = DEFAULT_ENV
+    """The environment whose ``claimcheck.{env}.toml`` was layered in (``CLAIMCHECK_ENV``)."""
+    service_bus: ServiceBusSettings = Field(default_factory=ServiceBusSettings)
+    claim_check: ClaimCheckSettings = Field(default_factory=ClaimCheckSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, environment, ``.env``, ``claimcheck.{env}.toml``, then base TOML."""
+        folder = config_dir()
+        env = _chosen_env(init_settings)
+        return (
+            init_settings,
+            env_settings,
+            _DotEnvInFolder(settings_cls, folder / ".env"),
+            TomlConfigSettingsSource(settings_cls, toml_file=folder / f"claimcheck.{env}.toml"),
+            TomlConfigSettingsSource(settings_cls, toml_file=folder / "claimcheck.toml"),
+        )
+
+    @model_validator(mode="after")
+    def _check(self) -> BusSettings:
+        problems = settings_problems(self)
+        if problems:
+            raise ConfigurationError("\n".join(problems))
+        return self
+
+
+def config_dir() -> Path:
+    """The folder of ``claimcheck*.toml`` and ``.env``: ``CLAIMCHECK_CONFIG_DIR`` or the cwd."""
+    return Path(os.environ.get(ENV_PREFIX + "CONFIG_DIR") or Path.cwd())
+
+
+def _chosen_env(init_settings: PydanticBaseSettingsSource) -> str:
+    given = init_settings().get("env")
+    return str(given or os.environ.get(ENV_PREFIX + "ENV") or DEFAULT_ENV)
+
+
+class _DotEnvInFolder(PydanticBaseSettingsSource):
+    """``.env`` from the configuration folder; only ``CLAIMCHECK_`` keys, other keys are ignored."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self._path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: ``__call__`` builds the whole mapping at once."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if not self._path.is_file():
+            return {}
+        return nest_env_vars(_read_dotenv(self._path))
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    from dotenv import dotenv_values  # pydantic-settings depends on python-dotenv
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def nest_env_vars(variables: dict[str, str]) -> dict[str, Any]:
+    """``{"CLAIMCHECK_CLAIM_CHECK__ENABLED": "1"}`` -> ``{"claim_check": {"enabled": "1"}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in variables.items():
+        if not key.upper().startswith(ENV_PREFIX):
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] == "config_dir":
+            continue
+        node = nested
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _maybe_json(value)
+    return nested
+
+
+def _maybe_json(value: str) -> Any:
+    # Lists and tables arrive as JSON text, as pydantic-settings reads them from the environment.
+    if value[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _named(setting: str) -> str:
+    return f"{setting} ({env_var(setting)})"
+
+
+def settings_problems(settings: BusSettings) -> list[str]:
+    """Every inconsistency in ``settings``, each naming the setting and how to fix it."""
+    sb, cc = settings.service_bus, settings.claim_check
+    problems: list[str] = []
+    if sb.connection_string is None and not sb.fully_qualified_namespace:
+        problems.append(
+            f"service_bus: no namespace configured. Set {_named('service_bus.connection_string')}"
+            f" or {_named('service_bus.fully_qualified_namespace')}."
+        )
+    if sb.connection_string is not None and sb.fully_qualified_namespace:
+        problems.append(
+            "service_bus: both connection_string and fully_qualified_namespace are set. "
+            "Keep one: the connection string (SAS key) or the namespace (azure-identity)."
+        )
+    storage = cc.blob_storage
+    has_storage = storage.connection_string is not None or bool(storage.account_url)
+    if cc.enabled and not has_storage:
+        problems.append(
+            "claim_check.blob_storage: claim-check is enabled but no storage account is "
+            f"configured. Set {_named('claim_check.blob_storage.connection_string')} or "
+            f"{_named('claim_check.blob_storage.account_url')}, "
+            f"or disable claim-check with {env_var('claim_check.enabled')}=false."
+        )
+    if storage.connection_string is not None and storage.account_url:
+        problems.append(
+            "claim_check.blob_storage: both connection_string and account_url are set. "
+            "Keep one: the connection string (account key) or the account URL (azure-identity)."
+        )
+    if storage.account_url:
+        problems.extend(_account_url_problems(storage.account_url))
+    size = cc.max_payload_size_kb
+    if size is not None and not 0 < size <= MAX_THRESHOLD_KB:
+        problems.append(
+            f"claim_check.max_payload_size_kb: {size} is out of range. Use 1 to {MAX_THRESHOLD_KB} "
+            "(100 MB, the largest Service Bus message), or leave it unset so that the entity's "
+            f"own limit decides ({env_var('claim_check.max_payload_size_kb')})."
+        )
+    if cc.sas_expiry_hours <= 0:
+        problems.append(
+            f"claim_check.sas_expiry_hours: {cc.sas_expiry_hours} must be above 0; it is how long "
+            f"consumers may fetch a payload ({env_var('claim_check.sas_expiry_hours')})."
+        )
+    if not _CONTAINER_NAME.match(cc.container_name):
+        problems.append(
+            f"claim_check.container_name: {cc.container_name!r} is not a valid container name: "
+            "use 3-63 lowercase letters, digits and single hyphens."
+        )
+    if cc.max_download_size_mb <= 0:
+        problems.append("claim_check.max_download_size_mb: must be above 0.")
+    if cc.download_timeout_seconds <= 0:
+        problems.append("claim_check.download_timeout_seconds: must be above 0.")
+    for index, endpoint in enumerate(cc.trusted_blob_endpoints):
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            problems.append(
+                f"claim_check.trusted_blob_endpoints[{index}]: not an endpoint URL; use "
+                "scheme://host[:port]/account[/container] without a query string."
+            )
+    return problems
+
+
+def _account_url_problems(url: str) -> list[str]:
+    parts = urlsplit(url)
+    if parts.query:
+        # A query string here is a SAS token: a secret, so the message must not quote the URL.
+        return [
+            "claim_check.blob_storage.account_url: must not carry a query string (a SAS token "
+            "is a secret: use the connection string, or azure-identity with a bare account URL)."
+        ]
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [
+            f"claim_check.blob_storage.account_url: {url!r} is not a URL; use "
+            "https://<account>.blob.core.windows.net."
+        ]
+    return []
