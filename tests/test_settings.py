@@ -50,7 +50,7 @@ def test_each_source_beats_the_next_one_down(
         '[service_bus]\nfully_qualified_namespace = "base.servicebus.windows.net"\n'
         'default_queue_name = "from-base"\n'
         '[claim_check]\ncontainer_name = "from-base"\nsas_expiry_hours = 1\n'
-        'max_payload_size_kb = 1\n'
+        "max_payload_size_kb = 1\n"
         '[claim_check.blob_storage]\naccount_url = "https://base.blob.core.windows.net"\n',
     )
     write(
@@ -86,7 +86,7 @@ def test_claimcheck_env_picks_the_environment_file(
     )
     write(
         config_dir / "claimcheck.production.toml",
-        '[claim_check]\nenabled = true\nmax_payload_size_kb = 192\n'
+        "[claim_check]\nenabled = true\nmax_payload_size_kb = 192\n"
         '[claim_check.blob_storage]\naccount_url = "https://prod.blob.core.windows.net"\n',
     )
     assert BusSettings().claim_check.enabled is False
@@ -109,7 +109,8 @@ def test_nested_environment_variables(config_dir: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("CLAIMCHECK_CLAIM_CHECK__MAX_PAYLOAD_SIZE_KB", "200")
     monkeypatch.setenv("CLAIMCHECK_CLAIM_CHECK__BLOB_STORAGE__CONNECTION_STRING", BLOB_CONN)
     monkeypatch.setenv(
-        "CLAIMCHECK_CLAIM_CHECK__TRUSTED_BLOB_ENDPOINTS", '["https://other.blob.core.windows.net/x"]'
+        "CLAIMCHECK_CLAIM_CHECK__TRUSTED_BLOB_ENDPOINTS",
+        '["https://other.blob.core.windows.net/x"]',
     )
 
     settings = BusSettings()
@@ -120,7 +121,8 @@ def test_nested_environment_variables(config_dir: Path, monkeypatch: pytest.Monk
     assert settings.claim_check.always is True
     assert settings.claim_check.max_payload_size_kb == 200
     blob = settings.claim_check.blob_storage.connection_string
-    assert blob is not None and blob.get_secret_value() == BLOB_CONN
+    assert blob is not None
+    assert blob.get_secret_value() == BLOB_CONN
     assert settings.claim_check.trusted_blob_endpoints == ["https://other.blob.core.windows.net/x"]
 
 

@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Each sets up what it needs first:
+# a .venv with the project and its extras, and the npm-pinned Azurite (never installed globally).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
+
+.PHONY: setup test lint demo clean
+
+setup: $(PIP_STAMP) $(NPM_STAMP)
+
+$(PIP_STAMP): pyproject.toml
+	@echo "==> Python environment in $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,samples]'
+	@touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	@echo "==> Azurite from package-lock.json (npm ci)"
+	@npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+LINT_PATHS := $(wildcard src tests benchmarks samples)
+
+lint: $(PIP_STAMP)
+	@echo "==> ruff and mypy --strict"
+	@$(PY) -m ruff check $(LINT_PATHS)
+	@$(PY) -m ruff format --check $(LINT_PATHS)
+	@$(PY) -m mypy
+
+test: setup lint
+	@echo "==> pytest"
+	@$(PY) -m pytest
+
+demo: setup
+	@$(PY) -m claimcheck_bus.cli demo
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
