@@ -15,9 +15,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="run the order/billing demo on local defaults")
-    args, rest = parser.parse_known_args(argv)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    parser.parse_args(argv)
     print(
         "The demo arrives with the samples (order_api, billing_worker); "
         "until then `make test` shows what works."
