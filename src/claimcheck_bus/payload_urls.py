@@ -64,9 +64,9 @@ class PayloadLocation:
 def redact_url(url: str) -> str:
     """``url`` without query string or fragment, so that no SAS signature leaks."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    # netloc minus user information; the port is kept as written (it may be malformed).
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def blob_path_of(url: str) -> str:
