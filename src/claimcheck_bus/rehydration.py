@@ -1,0 +1,179 @@
+"""From a received message to its payload bytes: the decisions, with no I/O.
+
+Both clients and :func:`claimcheck_bus.rehydrate` run the same steps: read the message into an
+:class:`IncomingMessage`, :func:`plan` where its payload is (inline, or a checked URL), let the
+I/O side fetch it, then :func:`decode_content` and deserialize.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from claimcheck_bus import _sdk
+from claimcheck_bus.errors import EventDecodeError, PayloadTooLargeError
+from claimcheck_bus.payload_urls import (
+    PayloadLocation,
+    TrustedEndpoint,
+    blob_endpoint_from_connection_string,
+    check_payload_url,
+    own_endpoint,
+)
+from claimcheck_bus.settings import ClaimCheckSettings
+from claimcheck_bus.wire import (
+    ClaimCheckRef,
+    cloudevent_attribute,
+    normalise_properties,
+    read_claim_check,
+)
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A received message reduced to plain values (from the SDK, Azure Functions, or a dict)."""
+
+    message_id: str | None
+    content_type: str | None
+    subject: str | None
+    properties: dict[str, Any]
+    body: bytes
+    entity: str | None = None
+    delivery_count: int | None = None
+    sequence_number: int | None = None
+    enqueued_time: datetime | None = None
+
+    @property
+    def event_type(self) -> str | None:
+        """The event type: the CloudEvents ``type`` attribute, else the subject."""
+        declared = cloudevent_attribute(self.properties, "type")
+        return declared if isinstance(declared, str) else self.subject
+
+
+def incoming_from(message: Any, *, entity: str | None = None) -> IncomingMessage:
+    """Read a ``ServiceBusReceivedMessage``, an ``azure.functions.ServiceBusMessage`` or any
+    object with the same attribute names into an :class:`IncomingMessage`."""
+    properties = getattr(message, "application_properties", None)
+    if properties is None:
+        properties = getattr(message, "user_properties", None)
+    get_body = getattr(message, "get_body", None)
+    body = get_body() if callable(get_body) else getattr(message, "body", None)
+    return IncomingMessage(
+        message_id=_sdk.text_or_none(getattr(message, "message_id", None)),
+        content_type=_sdk.text_or_none(getattr(message, "content_type", None)),
+        subject=_sdk.text_or_none(
+            getattr(message, "subject", None) or getattr(message, "label", None)
+        ),
+        properties=normalise_properties(properties),
+        body=_sdk.body_bytes(body),
+        entity=entity,
+        delivery_count=getattr(message, "delivery_count", None),
+        sequence_number=getattr(message, "sequence_number", None),
+        enqueued_time=getattr(message, "enqueued_time_utc", None),
+    )
+
+
+@dataclass(frozen=True)
+class ReceivePolicy:
+    """What a receiver trusts and accepts, derived from :class:`ClaimCheckSettings`."""
+
+    trusted: tuple[TrustedEndpoint, ...]
+    allow_http: bool = False
+    max_bytes: int = 256 * MB
+    delete_after_complete: bool = False
+    own: TrustedEndpoint | None = field(default=None)
+    """Our own payload container, where the store's credentials may read when a SAS expired."""
+
+    @classmethod
+    def from_settings(cls, settings: ClaimCheckSettings) -> ReceivePolicy:
+        """Trust our own container plus ``trusted_blob_endpoints``."""
+        own = _own_endpoint(settings)
+        extra = tuple(TrustedEndpoint.parse(url) for url in settings.trusted_blob_endpoints)
+        return cls(
+            trusted=((own,) if own else ()) + extra,
+            allow_http=settings.allow_http,
+            max_bytes=int(settings.max_download_size_mb * MB),
+            delete_after_complete=settings.delete_after_complete,
+            own=own,
+        )
+
+
+def _own_endpoint(settings: ClaimCheckSettings) -> TrustedEndpoint | None:
+    storage = settings.blob_storage
+    if storage.connection_string is not None:
+        account_url = blob_endpoint_from_connection_string(
+            storage.connection_string.get_secret_value()
+        )
+    elif storage.account_url:
+        account_url = storage.account_url
+    else:
+        return None
+    return own_endpoint(account_url, settings.container_name)
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """The payload is in Blob Storage at a checked location."""
+
+    location: PayloadLocation
+    ref: ClaimCheckRef
+
+    @property
+    def blob_name(self) -> str:
+        """The name inside the container (the location's path minus the container)."""
+        return self.location.blob_path.split("/", 1)[1]
+
+
+def plan(incoming: IncomingMessage, policy: ReceivePolicy) -> Fetch | None:
+    """Where the payload is: ``None`` for inline (it is ``incoming.body``), else a :class:`Fetch`.
+
+    Refuses (typed errors) an invalid claim-check, an untrusted URL, or a declared size over the
+    limit, all before any request.
+    """
+    where = {"message_id": incoming.message_id, "entity": incoming.entity}
+    ref = read_claim_check(incoming.properties, **where)
+    if ref is None:
+        return None
+    location = check_payload_url(ref.url, policy.trusted, allow_http=policy.allow_http, **where)
+    if ref.size is not None and ref.size > policy.max_bytes:
+        raise PayloadTooLargeError(
+            f"payload is {ref.size} bytes, above the receiver's limit of {policy.max_bytes}",
+            blob_path=location.blob_path,
+            hint="Raise claim_check.max_download_size_mb if such payloads are expected.",
+            **where,
+        )
+    return Fetch(location, ref)
+
+
+def may_read_with_credentials(fetch: Fetch, policy: ReceivePolicy) -> bool:
+    """True when the payload lives in our own container, so our store may read it directly."""
+    return policy.own is not None and fetch.location.endpoint == policy.own
+
+
+def decode_content(
+    body: bytes, encoding: str | None, *, max_bytes: int, where: Mapping[str, str | None]
+) -> bytes:
+    """Undo ``ClaimCheckContentEncoding`` (absent: raw; ``gzip``), bounded by ``max_bytes``."""
+    if not encoding:
+        return body
+    if encoding.lower() != "gzip":
+        raise EventDecodeError(
+            f"unknown ClaimCheckContentEncoding {encoding!r}",
+            **where,
+            hint="This reader understands raw payloads and gzip.",
+        )
+    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        data = decompressor.decompress(body, max_bytes + 1)
+    except (zlib.error, gzip.BadGzipFile) as error:
+        raise EventDecodeError(f"payload is not valid gzip ({error})", **where) from None
+    if len(data) > max_bytes or decompressor.unconsumed_tail:
+        raise PayloadTooLargeError(
+            f"payload inflates beyond the receiver's limit of {max_bytes} bytes", **where
+        )
+    return data
