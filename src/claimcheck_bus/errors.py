@@ -10,6 +10,8 @@ Receive-side errors say whether retrying can help (``permanent``) and carry the
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ClaimCheckBusError(Exception):
     """Base class of every error this library raises."""
@@ -21,6 +23,21 @@ class ConfigurationError(ClaimCheckBusError, ValueError):
     It subclasses ``ValueError`` so that pydantic reports it as a validation error of the
     setting concerned.
     """
+
+
+class BatchPublishError(ClaimCheckBusError):
+    """A batch publish stopped part-way; ``published`` lists what was sent before it failed.
+
+    The failed batch's payloads were deleted. Retrying the rest with the same message ids is
+    safe for consumers that are idempotent on message id (as the worker's projections are).
+    """
+
+    def __init__(self, published: list[Any], cause: BaseException) -> None:
+        self.published = published
+        super().__init__(
+            f"publish_batch sent {len(published)} event(s) before failing with "
+            f"{type(cause).__name__}: {cause}"
+        )
 
 
 class MessageError(ClaimCheckBusError):

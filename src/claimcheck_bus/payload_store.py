@@ -86,6 +86,11 @@ class PayloadStore(Protocol):
         """The blob service URL (``scheme://host[:port]/[account]``) payload URLs start with."""
         ...
 
+    @property
+    def max_sas_lifetime(self) -> timedelta | None:
+        """The longest read-only SAS this store signs (``None``: no limit)."""
+        ...
+
     def upload(
         self,
         blob_name: str,
@@ -125,6 +130,11 @@ class AsyncPayloadStore(Protocol):
     @property
     def endpoint(self) -> str:
         """The blob service URL (``scheme://host[:port]/[account]``) payload URLs start with."""
+        ...
+
+    @property
+    def max_sas_lifetime(self) -> timedelta | None:
+        """The longest read-only SAS this store signs (``None``: no limit)."""
         ...
 
     async def upload(
@@ -238,7 +248,7 @@ def payload_metadata(
     message_id: str,
     event_type: str,
     entity: str,
-    sha256: str,
+    sha256: str | None = None,
     content_encoding: str | None = None,
 ) -> dict[str, str]:
     """The blob metadata of a payload: who it belongs to, and its hash as stored.
@@ -250,8 +260,9 @@ def payload_metadata(
         META_MESSAGE_ID: message_id,
         META_EVENT_TYPE: event_type,
         META_ENTITY: entity,
-        META_SHA256: sha256,
     }
+    if sha256:
+        metadata[META_SHA256] = sha256
     if content_encoding:
         metadata[META_CONTENT_ENCODING] = content_encoding
     encoded = {name: encode_metadata_value(value) for name, value in metadata.items()}
@@ -271,6 +282,12 @@ def message_id_of(metadata: Mapping[str, str]) -> str | None:
     """The message id recorded in a payload's metadata, if any (for error messages)."""
     value = metadata.get(META_MESSAGE_ID)
     return decode_metadata_value(value) if value else None
+
+
+def with_sha256(metadata: Mapping[str, str], sha256: str) -> dict[str, str]:
+    """``metadata`` plus the payload's hash, which stores compute while they have the bytes
+    (so a publish hashes its payload once)."""
+    return {**metadata, META_SHA256: sha256}
 
 
 def digest(data: bytes | memoryview) -> tuple[int, str]:

@@ -8,14 +8,16 @@ I/O side fetch it, then :func:`decode_content` and deserialize.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 from claimcheck_bus import _sdk
-from claimcheck_bus.errors import EventDecodeError, PayloadTooLargeError
+from claimcheck_bus.errors import EventDecodeError, PayloadIntegrityError, PayloadTooLargeError
 from claimcheck_bus.payload_urls import (
     PayloadLocation,
     TrustedEndpoint,
@@ -125,8 +127,10 @@ class Fetch:
 
     @property
     def blob_name(self) -> str:
-        """The name inside the container (the location's path minus the container)."""
-        return self.location.blob_path.split("/", 1)[1]
+        """The blob's name inside our container: the path after the trusted prefix (account
+        and container), percent-decoded as storage clients expect it."""
+        segments = self.location.blob_path.split("/")[len(self.location.endpoint.path) :]
+        return unquote("/".join(segments))
 
 
 def plan(incoming: IncomingMessage, policy: ReceivePolicy) -> Fetch | None:
@@ -153,6 +157,25 @@ def plan(incoming: IncomingMessage, policy: ReceivePolicy) -> Fetch | None:
 def may_read_with_credentials(fetch: Fetch, policy: ReceivePolicy) -> bool:
     """True when the payload lives in our own container, so our store may read it directly."""
     return policy.own is not None and fetch.location.endpoint == policy.own
+
+
+def verify_payload(
+    data: bytes, fetch: Fetch, policy: ReceivePolicy, incoming: IncomingMessage
+) -> None:
+    """The checks a download makes, for bytes read another way (the store's credentials)."""
+    where = {
+        "message_id": incoming.message_id,
+        "entity": incoming.entity,
+        "blob_path": fetch.location.blob_path,
+    }
+    if len(data) > policy.max_bytes:
+        raise PayloadTooLargeError(
+            f"payload is {len(data)} bytes, above the receiver's limit of {policy.max_bytes}",
+            **where,
+        )
+    expected = fetch.ref.sha256
+    if expected and hashlib.sha256(data).hexdigest() != expected.lower():
+        raise PayloadIntegrityError("payload does not match its ClaimCheckSha256", **where)
 
 
 def decode_content(

@@ -67,6 +67,9 @@ class BlobStorageSettings(_Section):
     """A storage connection string (account key). Secret: never logged or shown."""
     account_url: str | None = None
     """``https://<account>.blob.core.windows.net``; authenticates with azure-identity."""
+    retry_total: int | None = None
+    """Retries of the storage SDK on transient failures (unset: the SDK's 10, with backoff,
+    which keeps a publish waiting about 90 s when storage is down)."""
 
 
 class ClaimCheckSettings(_Section):

@@ -100,15 +100,17 @@ def cloudevent_properties(
         f"{CLOUDEVENTS_PREFIX}type": event_type,
         f"{CLOUDEVENTS_PREFIX}source": source,
         f"{CLOUDEVENTS_PREFIX}id": message_id,
-        f"{CLOUDEVENTS_PREFIX}time": time.astimezone(timezone.utc).isoformat(),
+        # RFC 3339 with a fixed width, so equal events measure the same size.
+        f"{CLOUDEVENTS_PREFIX}time": time.astimezone(timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ"
+        ),
     }
 
 
-def claim_check_properties(url: str, *, size: int, sha256: str, size_value: Any) -> dict[str, Any]:
-    """The application properties of a claim-checked message (``size_value``: ``size`` wrapped
-    so that the SDK encodes it as an AMQP long, as the contract says)."""
-    assert size >= 0
-    return {IS_CLAIM_CHECK: True, BLOB_URI: url, SIZE: size_value, SHA256: sha256}
+def claim_check_properties(url: str, *, size: Any, sha256: str) -> dict[str, Any]:
+    """The application properties of a claim-checked message; ``size`` comes typed by the
+    caller so that the SDK encodes it as an AMQP long, as the contract says."""
+    return {IS_CLAIM_CHECK: True, BLOB_URI: url, SIZE: size, SHA256: sha256}
 
 
 def normalise_properties(properties: Mapping[Any, Any] | None) -> dict[str, Any]:
@@ -134,6 +136,11 @@ def is_true_flag(value: object) -> bool:
     return value is True or value in ("true", "True")
 
 
+def declares_claim_check(properties: Mapping[str, Any]) -> bool:
+    """True when a message says it is claim-checked (valid or not)."""
+    return is_true_flag(properties.get(IS_CLAIM_CHECK))
+
+
 @dataclass(frozen=True)
 class ClaimCheckRef:
     """What a claim-checked message says about its payload."""
@@ -152,7 +159,7 @@ def read_claim_check(
     Raises :class:`InvalidClaimCheckError` when ``IsClaimCheck`` is true but the URI is missing
     or not a string, or the optional size/hash are malformed.
     """
-    if not is_true_flag(properties.get(IS_CLAIM_CHECK)):
+    if not declares_claim_check(properties):
         return None
 
     def invalid(problem: str) -> InvalidClaimCheckError:

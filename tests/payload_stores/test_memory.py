@@ -287,10 +287,16 @@ def test_memory_links_expire_by_the_injected_clock() -> None:
 
 def test_memory_store_exposes_what_was_stored_for_assertions() -> None:
     store = MemoryPayloadStore(container_name="payloads")
-    metadata = payload_metadata("m", "E", "q", "00")
+    metadata = payload_metadata("m", "E", "q")
     store.upload("q/E/m.json", b"{}", content_type=JSON, metadata=metadata, sas_expires_on=later())
     blob = store.blobs()["q/E/m.json"]
-    assert (blob.data, blob.content_type, dict(blob.metadata)) == (b"{}", JSON, metadata)
+    # The store records the hash of what it stored, whatever the caller's metadata said.
+    sha256 = hashlib.sha256(b"{}").hexdigest()
+    assert (blob.data, blob.content_type, dict(blob.metadata)) == (
+        b"{}",
+        JSON,
+        {**metadata, "sha256": sha256},
+    )
     assert "payloads" in repr(store)
 
 

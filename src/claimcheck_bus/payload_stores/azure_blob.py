@@ -47,6 +47,7 @@ from claimcheck_bus.payload_store import (
     should_recreate_container,
     signed_expiry,
     storage_error,
+    with_sha256,
 )
 from claimcheck_bus.payload_urls import parse_connection_string, redact_url
 
@@ -312,6 +313,8 @@ class AzureBlobPayloadStore(_BlobStoreCore):
     ) -> AzureBlobPayloadStore:
         """The store ``claim_check.blob_storage`` describes (connection string or account URL)."""
         storage = settings.blob_storage
+        if storage.retry_total is not None:
+            client_kwargs.setdefault("retry_total", storage.retry_total)
         if storage.connection_string is not None:
             return cls.from_connection_string(
                 storage.connection_string.get_secret_value(),
@@ -345,6 +348,7 @@ class AzureBlobPayloadStore(_BlobStoreCore):
         # The signing key first: if it cannot be had, no blob is left behind without a link.
         self._ensure_key(sas_expires_on, blob_name, message_id)
         size, sha256 = digest(data)
+        metadata = with_sha256(metadata, sha256)
         blob = self._container.get_blob_client(blob_name)
         with self._translated("upload", blob_name, message_id):
             try:
@@ -507,6 +511,8 @@ class AsyncAzureBlobPayloadStore(_BlobStoreCore):
     ) -> AsyncAzureBlobPayloadStore:
         """The store ``claim_check.blob_storage`` describes (connection string or account URL)."""
         storage = settings.blob_storage
+        if storage.retry_total is not None:
+            client_kwargs.setdefault("retry_total", storage.retry_total)
         if storage.connection_string is not None:
             return cls.from_connection_string(
                 storage.connection_string.get_secret_value(),
@@ -540,6 +546,7 @@ class AsyncAzureBlobPayloadStore(_BlobStoreCore):
         # The signing key first: if it cannot be had, no blob is left behind without a link.
         await self._ensure_key(sas_expires_on, blob_name, message_id)
         size, sha256 = digest(data)
+        metadata = with_sha256(metadata, sha256)
         blob = self._container.get_blob_client(blob_name)
         with self._translated("upload", blob_name, message_id):
             try:

@@ -30,6 +30,7 @@ from claimcheck_bus.payload_store import (
     StoredPayload,
     digest,
     storage_error,
+    with_sha256,
 )
 
 __all__ = ["AsyncMemoryPayloadStore", "MemoryPayloadStore"]
@@ -136,6 +137,7 @@ class _MemoryCore:
         sas_expires_on: datetime,
     ) -> StoredPayload:
         size, sha256 = digest(data)
+        metadata = with_sha256(metadata, sha256)
         with self._lock:
             self._blobs[blob_name] = MemoryBlob(bytes(data), content_type, dict(metadata))
         expiry = sas_expires_on.astimezone(timezone.utc).strftime(_SAS_TIME_FORMAT)

@@ -1,0 +1,578 @@
+"""``AsyncClaimCheckBus``: the ``asyncio`` twin of ``AsyncClaimCheckBus`` (``bus.py``).
+
+Line for line the same with ``await``, plus :meth:`AsyncClaimCheckBus.stream` for continuous
+``async for`` consumption and concurrent payload prefetch in ``receive``. Keep the two in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, TypeVar
+
+from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
+from azure.servicebus.exceptions import MessageSizeExceededError
+
+from claimcheck_bus import _sdk
+from claimcheck_bus._core import BusCore, EventView, decode, publish_options, where
+from claimcheck_bus.entities import Entity, default_async_credential, resolve_entity
+from claimcheck_bus.errors import BatchPublishError, PayloadAccessDeniedError
+from claimcheck_bus.payload_download import AsyncPayloadDownloader, DownloadPolicy
+from claimcheck_bus.payload_store import AsyncPayloadStore
+from claimcheck_bus.publishing import Publication, PublishReceipt, utc_now
+from claimcheck_bus.rehydration import (
+    IncomingMessage,
+    ReceivePolicy,
+    decode_content,
+    incoming_from,
+    may_read_with_credentials,
+    plan,
+    verify_payload,
+)
+from claimcheck_bus.settings import BusSettings, ClaimCheckSettings
+from claimcheck_bus.wire import Route
+
+T = TypeVar("T")
+log = logging.getLogger("claimcheck_bus")
+
+
+class AsyncClaimCheckBus:
+    """The ``asyncio`` twin of :class:`ClaimCheckBus`: ``async with``, ``await``, ``async for``.
+
+    :meth:`receive` fetches payloads concurrently before it returns (``prefetch=False`` leaves
+    that to ``await event.load()``). Like the SDK's ``aio`` clients, a bus is not safe to share
+    between tasks that publish or receive at the same time: use one per task.
+    """
+
+    def __init__(
+        self,
+        settings: BusSettings | None = None,
+        *,
+        credential: Any = None,
+        store: AsyncPayloadStore | None = None,
+    ) -> None:
+        if store is None:
+            store = _default_store((settings or BusSettings()).claim_check, credential)
+        self._core = BusCore(
+            settings,
+            has_store=store is not None,
+            sas_limit=store.max_sas_lifetime if store is not None else None,
+        )
+        self.settings = self._core.settings
+        self._store = store
+        sb = self.settings.service_bus
+        self._client = (
+            ServiceBusClient.from_connection_string(sb.connection_string.get_secret_value())
+            if sb.connection_string is not None
+            else ServiceBusClient(
+                str(sb.fully_qualified_namespace), credential or default_async_credential()
+            )
+        )
+        self._payloads = AsyncPayloadReader(
+            self._core.policy,
+            AsyncPayloadDownloader(DownloadPolicy.from_settings(self.settings.claim_check)),
+            store,
+        )
+        self._senders: dict[str, ServiceBusSender] = {}
+        self._limits: dict[str, int] = {}
+        self._receivers: dict[tuple[str, bool], ServiceBusReceiver] = {}
+
+    async def __aenter__(self) -> AsyncClaimCheckBus:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every sender, receiver and connection this bus opened."""
+        for handler in [*self._senders.values(), *self._receivers.values()]:
+            try:
+                await handler.close()
+            except Exception:  # closing must reach every handler
+                log.warning("closing a Service Bus handler failed", exc_info=True)
+        self._senders.clear()
+        self._receivers.clear()
+        await self._client.close()
+        await self._payloads.close()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        event: object,
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        event_type: str | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        session_id: str | None = None,
+        subject: str | None = None,
+        time_to_live: timedelta | None = None,
+        scheduled_enqueue_time: datetime | None = None,
+        application_properties: dict[str, Any] | None = None,
+    ) -> PublishReceipt:
+        """Publish one event to ``queue`` or ``topic`` (default: the settings' default queue).
+
+        A large payload is uploaded first and the message sent after; if the send fails the
+        upload is deleted and the error raised, so no message ever points at a missing blob.
+        """
+        entity = resolve_entity(self.settings, queue=queue, topic=topic)
+        options = publish_options(
+            event_type=event_type,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            session_id=session_id,
+            subject=subject,
+            time_to_live=time_to_live,
+            scheduled_enqueue_time=scheduled_enqueue_time,
+            application_properties=application_properties,
+        )
+        publication = Publication.prepare(event, entity.name, options, now=utc_now())
+        sender = self._sender(entity)
+        route, size = self._core.route(publication, await self._limit(entity))
+        if route is Route.INLINE:
+            number = await self._send(sender, publication.inline(), scheduled_enqueue_time)
+            return publication.receipt(route, size, sequence_number=number)
+        message = await self._upload(publication)
+        try:
+            number = await self._send(sender, message, scheduled_enqueue_time)
+        except BaseException:
+            await self._discard([publication])
+            raise
+        return publication.receipt(route, size, sequence_number=number)
+
+    async def publish_batch(
+        self,
+        events: Iterable[object],
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        event_type: str | None = None,
+        time_to_live: timedelta | None = None,
+        application_properties: dict[str, Any] | None = None,
+    ) -> list[PublishReceipt]:
+        """Publish many events in as few Service Bus batches as their sizes allow.
+
+        Each event is offloaded on its own merits. If anything fails, the payloads of unsent
+        events are deleted and :class:`BatchPublishError` lists what was already published.
+        """
+        entity = resolve_entity(self.settings, queue=queue, topic=topic)
+        options = publish_options(
+            event_type=event_type,
+            time_to_live=time_to_live,
+            application_properties=application_properties,
+        )
+        sender = self._sender(entity)
+        published: list[PublishReceipt] = []
+        pending: list[tuple[Publication, PublishReceipt]] = []
+        batch = await sender.create_message_batch()
+        try:
+            for event in events:
+                publication = Publication.prepare(event, entity.name, options, now=utc_now())
+                route, size = self._core.route(publication, await self._limit(entity))
+                message = (
+                    publication.inline()
+                    if route is Route.INLINE
+                    else await self._upload(publication)
+                )
+                pending.append((publication, publication.receipt(route, size)))
+                if _fits(batch, message):
+                    continue
+                pending.pop()
+                if len(batch):
+                    await sender.send_messages(batch)
+                    published.extend(receipt for _, receipt in pending)
+                    pending.clear()
+                    batch = await sender.create_message_batch()
+                pending.append((publication, publication.receipt(route, size)))
+                if not _fits(batch, message):
+                    # Larger than a batch may be (Premium: 1 MB batches, 100 MB messages).
+                    await sender.send_messages(message)
+                    published.append(pending.pop()[1])
+            if len(batch):
+                await sender.send_messages(batch)
+                published.extend(receipt for _, receipt in pending)
+                pending.clear()
+        except BaseException as error:
+            await self._discard([p for p, receipt in pending if receipt.route is Route.CLAIM_CHECK])
+            raise BatchPublishError(published, error) from error
+        return published
+
+    async def cancel_scheduled(
+        self, sequence_number: int, *, queue: str | None = None, topic: str | None = None
+    ) -> None:
+        """Cancel a scheduled message by the sequence number its receipt carries."""
+        entity = resolve_entity(self.settings, queue=queue, topic=topic)
+        await self._sender(entity).cancel_scheduled_messages(sequence_number)
+
+    def _sender(self, entity: Entity) -> ServiceBusSender:
+        sender = self._senders.get(entity.name)
+        if sender is None:
+            get = (
+                self._client.get_topic_sender
+                if entity.kind == "topic"
+                else self._client.get_queue_sender
+            )
+            sender = self._senders[entity.name] = get(entity.name)
+        return sender
+
+    async def _limit(self, entity: Entity) -> int:
+        limit = self._limits.get(entity.name)
+        if limit is None:
+            limit = self._limits[entity.name] = await _sdk.max_message_size_async(
+                self._sender(entity)
+            )
+        return limit
+
+    async def _upload(self, publication: Publication) -> ServiceBusMessage:
+        assert self._store is not None  # the core routes to claim-check only with a store
+        stored = await self._store.upload(**self._core.upload_arguments(publication))
+        return publication.claim_checked(stored.url, sha256=stored.sha256)
+
+    @staticmethod
+    async def _send(
+        sender: ServiceBusSender, message: ServiceBusMessage, scheduled: datetime | None
+    ) -> int | None:
+        if scheduled is None:
+            await sender.send_messages(message)
+            return None
+        return int((await sender.schedule_messages(message, scheduled))[0])
+
+    async def _discard(self, publications: list[Publication]) -> None:
+        for publication in publications:
+            try:
+                assert self._store is not None
+                await self._store.delete(publication.blob_name)
+                log.info("deleted the payload of unsent message %s", publication.message_id)
+            except Exception:  # best effort: the send error is what the caller must see
+                log.warning(
+                    "could not delete payload %s of unsent message %s; a lifecycle rule must",
+                    publication.blob_name,
+                    publication.message_id,
+                    exc_info=True,
+                )
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def receive(
+        self,
+        as_type: type[T],
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+        max_messages: int = 1,
+        max_wait: float | None = 5.0,
+        dead_letter: bool = False,
+        prefetch: bool = True,
+    ) -> list[AsyncReceivedEvent[T]]:
+        """Receive up to ``max_messages`` events (peek-lock), waiting at most ``max_wait`` s.
+
+        With ``prefetch`` payloads are fetched concurrently before returning (a failed fetch
+        is raised by ``.data``); settle each event with ``complete()``, ``abandon()``,
+        ``dead_letter()`` or ``defer()``. ``dead_letter=True`` reads the dead-letter queue.
+        """
+        entity = resolve_entity(
+            self.settings, queue=queue, topic=topic, subscription=subscription, receiving=True
+        )
+        receiver = self._receiver(entity, dead_letter)
+        messages = await receiver.receive_messages(
+            max_message_count=max_messages, max_wait_time=max_wait
+        )
+        events = [
+            AsyncReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages
+        ]
+        if prefetch:
+            await asyncio.gather(*(event.load(raise_errors=False) for event in events))
+        return events
+
+    async def receive_deferred(
+        self,
+        as_type: type[T],
+        sequence_numbers: Iterable[int],
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+    ) -> list[AsyncReceivedEvent[T]]:
+        """Receive deferred events by their sequence numbers."""
+        entity = resolve_entity(
+            self.settings, queue=queue, topic=topic, subscription=subscription, receiving=True
+        )
+        receiver = self._receiver(entity, False)
+        messages = await receiver.receive_deferred_messages(list(sequence_numbers))
+        events = [
+            AsyncReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages
+        ]
+        await asyncio.gather(*(event.load(raise_errors=False) for event in events))
+        return events
+
+    async def stream(
+        self,
+        as_type: type[T],
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+        batch_size: int = 10,
+        max_wait: float = 5.0,
+    ) -> AsyncIterator[AsyncReceivedEvent[T]]:
+        """Receive continuously: ``async for event in bus.stream(Order, queue="orders")``.
+
+        Runs until the consumer stops iterating; idle periods simply poll again.
+        """
+        while True:
+            events = await self.receive(
+                as_type,
+                queue=queue,
+                topic=topic,
+                subscription=subscription,
+                max_messages=batch_size,
+                max_wait=max_wait,
+            )
+            for event in events:
+                yield event
+
+    async def rehydrate(self, message: Any, as_type: type[T], *, entity: str | None = None) -> T:
+        """The typed event of a message received by other means (an Azure Functions trigger,
+        your own ``ServiceBusReceiver``), its payload fetched with this bus's settings."""
+        incoming = incoming_from(message, entity=entity)
+        return decode(incoming, await self._payloads.payload_of(incoming), as_type)
+
+    def _receiver(self, entity: Entity, dead_letter: bool) -> ServiceBusReceiver:
+        key = (entity.path, dead_letter)
+        receiver = self._receivers.get(key)
+        if receiver is None:
+            sub_queue = ServiceBusSubQueue.DEAD_LETTER if dead_letter else None
+            if entity.subscription:
+                receiver = self._client.get_subscription_receiver(
+                    entity.name, entity.subscription, sub_queue=sub_queue
+                )
+            else:
+                receiver = self._client.get_queue_receiver(entity.name, sub_queue=sub_queue)
+            self._receivers[key] = receiver
+        return receiver
+
+
+class AsyncReceivedEvent(EventView[T]):
+    """A received event: metadata at once, the typed payload on first access to ``.data``."""
+
+    def __init__(
+        self,
+        payloads: AsyncPayloadReader,
+        receiver: ServiceBusReceiver,
+        message: Any,
+        as_type: type[T],
+        entity: str,
+    ) -> None:
+        super().__init__(message, as_type, entity)
+        self._payloads = payloads
+        self._receiver = receiver
+        self._data: tuple[T] | None = None
+        self._error: Exception | None = None
+
+    async def load(self, *, raise_errors: bool = True) -> None:
+        """Fetch and decode the payload, so that ``.data`` is available."""
+        if self._data is not None:
+            return
+        try:
+            payload = await self._payloads.payload_of(self.incoming)
+            self._data = (decode(self.incoming, payload, self.as_type),)
+            self._error = None
+        except Exception as error:
+            self._error = error
+            if raise_errors:
+                raise
+
+    @property
+    def data(self) -> T:
+        """The typed event; raises the typed error its fetch or decoding met."""
+        if self._data is None:
+            if self._error is not None:
+                raise self._error
+            raise RuntimeError("payload not loaded yet: await event.load() first")
+        return self._data[0]
+
+    async def payload(self) -> bytes:
+        """The raw payload bytes, inline or fetched."""
+        return await self._payloads.payload_of(self.incoming)
+
+    async def save_payload(self, destination: str | Path | BinaryIO) -> int:
+        """Stream the payload to a file path or binary file object without holding it all."""
+        if isinstance(destination, (str, Path)):
+            # Local file writes are short; the download awaits between its chunks.
+            with open(destination, "wb") as sink:  # noqa: ASYNC230
+                return await self._payloads.save_payload_of(self.incoming, sink)
+        return await self._payloads.save_payload_of(self.incoming, destination)
+
+    async def complete(self) -> None:
+        """Settle as handled: Service Bus removes the message."""
+        await self._receiver.complete_message(self.message)
+        await self._payloads.completed(self.incoming)
+
+    async def abandon(self) -> None:
+        """Give the message back for redelivery (its delivery count goes up)."""
+        await self._receiver.abandon_message(self.message)
+
+    async def dead_letter(self, reason: str, description: str | None = None) -> None:
+        """Move the message to the dead-letter queue with a reason a person can act on."""
+        await self._receiver.dead_letter_message(
+            self.message, reason=reason, error_description=description
+        )
+
+    async def defer(self) -> None:
+        """Set the message aside; receive it later with ``receive_deferred``."""
+        await self._receiver.defer_message(self.message)
+
+    async def renew_lock(self) -> datetime:
+        """Extend the message's lock; returns the new expiry."""
+        return await self._receiver.renew_message_lock(self.message)
+
+
+def _fits(batch: Any, message: ServiceBusMessage) -> bool:
+    try:
+        batch.add_message(message)
+    except MessageSizeExceededError:
+        return False
+    return True
+
+
+def _default_store(settings: ClaimCheckSettings, credential: Any) -> AsyncPayloadStore | None:
+    storage = settings.blob_storage
+    if storage.connection_string is None and not storage.account_url:
+        return None
+    from claimcheck_bus.payload_stores.azure_blob import AsyncAzureBlobPayloadStore
+
+    return AsyncAzureBlobPayloadStore.from_settings(settings, credential=credential)
+
+
+class AsyncPayloadReader:
+    """Reads received messages' payloads: inline, through their SAS URL, or, when that SAS was
+    refused and the payload is in our own container, with the store's credentials."""
+
+    def __init__(
+        self,
+        policy: ReceivePolicy,
+        downloader: AsyncPayloadDownloader,
+        store: AsyncPayloadStore | None,
+    ) -> None:
+        self._policy = policy
+        self._downloader = downloader
+        self._store = store
+
+    @classmethod
+    def from_settings(
+        cls, settings: ClaimCheckSettings, *, credential: Any = None
+    ) -> AsyncPayloadReader:
+        """A reader trusting what ``settings`` trust, with its own downloader and store."""
+        return cls(
+            ReceivePolicy.from_settings(settings),
+            AsyncPayloadDownloader(DownloadPolicy.from_settings(settings)),
+            _default_store(settings, credential),
+        )
+
+    async def __aenter__(self) -> AsyncPayloadReader:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the downloader and the store."""
+        await self._downloader.aclose()
+        if self._store is not None:
+            await self._store.close()
+
+    async def payload_of(self, incoming: IncomingMessage) -> bytes:
+        """A received message's payload bytes: inline, or fetched and verified."""
+        fetch = plan(incoming, self._policy)
+        if fetch is None:
+            return incoming.body
+        try:
+            raw = await self._downloader.fetch(
+                fetch.location,
+                sha256=fetch.ref.sha256,
+                size=fetch.ref.size,
+                message_id=incoming.message_id,
+                entity=incoming.entity,
+            )
+        except PayloadAccessDeniedError:
+            if self._store is None or not may_read_with_credentials(fetch, self._policy):
+                raise
+            log.warning(
+                "SAS of message %s refused (expired?); reading %s with the store's credentials",
+                incoming.message_id,
+                fetch.location.blob_path,
+            )
+            raw = await self._store.read(fetch.blob_name)
+            verify_payload(raw, fetch, self._policy, incoming)
+        return decode_content(
+            raw,
+            fetch.ref.content_encoding,
+            max_bytes=self._policy.max_bytes,
+            where=where(incoming, fetch),
+        )
+
+    async def save_payload_of(self, incoming: IncomingMessage, sink: BinaryIO) -> int:
+        """Stream a received message's payload into ``sink``; returns the bytes written."""
+        fetch = plan(incoming, self._policy)
+        if fetch is None or fetch.ref.content_encoding:
+            data = await self.payload_of(incoming)
+            sink.write(data)
+            return len(data)
+        return await self._downloader.fetch_to(
+            fetch.location,
+            sink,
+            sha256=fetch.ref.sha256,
+            size=fetch.ref.size,
+            message_id=incoming.message_id,
+            entity=incoming.entity,
+        )
+
+    async def completed(self, incoming: IncomingMessage) -> None:
+        """After a complete: delete the payload when ``delete_after_complete`` asks for it."""
+        if not self._policy.delete_after_complete or self._store is None:
+            return
+        fetch = plan(incoming, self._policy)
+        if fetch is not None and may_read_with_credentials(fetch, self._policy):
+            try:
+                await self._store.delete(fetch.blob_name)
+            except Exception:  # the message is settled; the blob is only garbage now
+                log.warning("could not delete payload %s", fetch.location.blob_path, exc_info=True)
+
+
+async def rehydrate(
+    message: Any,
+    as_type: type[T],
+    *,
+    settings: BusSettings | ClaimCheckSettings | None = None,
+    entity: str | None = None,
+) -> T:
+    """The typed event of a message received by other means (an Azure Functions trigger, your
+    own ``ServiceBusReceiver``), inline or claim-checked.
+
+    ``settings`` default to ``BusSettings()``; pass a ``ClaimCheckSettings`` where no Service
+    Bus settings exist. For many messages, prefer ``AsyncClaimCheckBus.rehydrate`` (pooled HTTP).
+    """
+    if settings is None:
+        settings = BusSettings()
+    claim_check = settings.claim_check if isinstance(settings, BusSettings) else settings
+    async with AsyncPayloadReader.from_settings(claim_check) as reader:
+        incoming = incoming_from(message, entity=entity)
+        return decode(incoming, await reader.payload_of(incoming), as_type)

@@ -1,0 +1,523 @@
+"""``ClaimCheckBus``: publish and receive typed events of any size (synchronous client).
+
+``aio.py`` holds its twin, ``AsyncClaimCheckBus``, line for line the same with ``await``.
+Both only move bytes: the decisions are in ``_core``, ``publishing``, ``wire`` and
+``rehydration``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, TypeVar
+
+from azure.servicebus import (
+    ServiceBusClient,
+    ServiceBusMessage,
+    ServiceBusReceiver,
+    ServiceBusSender,
+    ServiceBusSubQueue,
+)
+from azure.servicebus.exceptions import MessageSizeExceededError
+
+from claimcheck_bus import _sdk
+from claimcheck_bus._core import BusCore, EventView, decode, publish_options, where
+from claimcheck_bus.entities import Entity, default_credential, resolve_entity
+from claimcheck_bus.errors import BatchPublishError, PayloadAccessDeniedError
+from claimcheck_bus.payload_download import DownloadPolicy, PayloadDownloader
+from claimcheck_bus.payload_store import PayloadStore
+from claimcheck_bus.publishing import Publication, PublishReceipt, utc_now
+from claimcheck_bus.rehydration import (
+    IncomingMessage,
+    ReceivePolicy,
+    decode_content,
+    incoming_from,
+    may_read_with_credentials,
+    plan,
+    verify_payload,
+)
+from claimcheck_bus.settings import BusSettings, ClaimCheckSettings
+from claimcheck_bus.wire import Route
+
+T = TypeVar("T")
+log = logging.getLogger("claimcheck_bus")
+
+
+class ClaimCheckBus:
+    """Publish events to queues and topics and receive them typed, whatever their size.
+
+    Payloads too large for a message (or all of them, with ``claim_check.always``) go to Blob
+    Storage and the message carries a read-only SAS URL, as ``WIRE.md`` describes. Senders and
+    receivers are opened once per entity and closed with the bus. Like the SDK clients it wraps,
+    a bus is not thread-safe: use one per thread.
+    """
+
+    def __init__(
+        self,
+        settings: BusSettings | None = None,
+        *,
+        credential: Any = None,
+        store: PayloadStore | None = None,
+    ) -> None:
+        if store is None:
+            store = _default_store((settings or BusSettings()).claim_check, credential)
+        self._core = BusCore(
+            settings,
+            has_store=store is not None,
+            sas_limit=store.max_sas_lifetime if store is not None else None,
+        )
+        self.settings = self._core.settings
+        self._store = store
+        sb = self.settings.service_bus
+        self._client = (
+            ServiceBusClient.from_connection_string(sb.connection_string.get_secret_value())
+            if sb.connection_string is not None
+            else ServiceBusClient(
+                str(sb.fully_qualified_namespace), credential or default_credential()
+            )
+        )
+        self._payloads = PayloadReader(
+            self._core.policy,
+            PayloadDownloader(DownloadPolicy.from_settings(self.settings.claim_check)),
+            store,
+        )
+        self._senders: dict[str, ServiceBusSender] = {}
+        self._limits: dict[str, int] = {}
+        self._receivers: dict[tuple[str, bool], ServiceBusReceiver] = {}
+
+    def __enter__(self) -> ClaimCheckBus:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every sender, receiver and connection this bus opened."""
+        for handler in [*self._senders.values(), *self._receivers.values()]:
+            try:
+                handler.close()
+            except Exception:  # closing must reach every handler
+                log.warning("closing a Service Bus handler failed", exc_info=True)
+        self._senders.clear()
+        self._receivers.clear()
+        self._client.close()
+        self._payloads.close()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(
+        self,
+        event: object,
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        event_type: str | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        session_id: str | None = None,
+        subject: str | None = None,
+        time_to_live: timedelta | None = None,
+        scheduled_enqueue_time: datetime | None = None,
+        application_properties: dict[str, Any] | None = None,
+    ) -> PublishReceipt:
+        """Publish one event to ``queue`` or ``topic`` (default: the settings' default queue).
+
+        A large payload is uploaded first and the message sent after; if the send fails the
+        upload is deleted and the error raised, so no message ever points at a missing blob.
+        """
+        entity = resolve_entity(self.settings, queue=queue, topic=topic)
+        options = publish_options(
+            event_type=event_type,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            session_id=session_id,
+            subject=subject,
+            time_to_live=time_to_live,
+            scheduled_enqueue_time=scheduled_enqueue_time,
+            application_properties=application_properties,
+        )
+        publication = Publication.prepare(event, entity.name, options, now=utc_now())
+        sender = self._sender(entity)
+        route, size = self._core.route(publication, self._limit(entity))
+        if route is Route.INLINE:
+            number = self._send(sender, publication.inline(), scheduled_enqueue_time)
+            return publication.receipt(route, size, sequence_number=number)
+        message = self._upload(publication)
+        try:
+            number = self._send(sender, message, scheduled_enqueue_time)
+        except BaseException:
+            self._discard([publication])
+            raise
+        return publication.receipt(route, size, sequence_number=number)
+
+    def publish_batch(
+        self,
+        events: Iterable[object],
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        event_type: str | None = None,
+        time_to_live: timedelta | None = None,
+        application_properties: dict[str, Any] | None = None,
+    ) -> list[PublishReceipt]:
+        """Publish many events in as few Service Bus batches as their sizes allow.
+
+        Each event is offloaded on its own merits. If anything fails, the payloads of unsent
+        events are deleted and :class:`BatchPublishError` lists what was already published.
+        """
+        entity = resolve_entity(self.settings, queue=queue, topic=topic)
+        options = publish_options(
+            event_type=event_type,
+            time_to_live=time_to_live,
+            application_properties=application_properties,
+        )
+        sender = self._sender(entity)
+        published: list[PublishReceipt] = []
+        pending: list[tuple[Publication, PublishReceipt]] = []
+        batch = sender.create_message_batch()
+        try:
+            for event in events:
+                publication = Publication.prepare(event, entity.name, options, now=utc_now())
+                route, size = self._core.route(publication, self._limit(entity))
+                message = (
+                    publication.inline() if route is Route.INLINE else self._upload(publication)
+                )
+                pending.append((publication, publication.receipt(route, size)))
+                if _fits(batch, message):
+                    continue
+                pending.pop()
+                if len(batch):
+                    sender.send_messages(batch)
+                    published.extend(receipt for _, receipt in pending)
+                    pending.clear()
+                    batch = sender.create_message_batch()
+                pending.append((publication, publication.receipt(route, size)))
+                if not _fits(batch, message):
+                    # Larger than a batch may be (Premium: 1 MB batches, 100 MB messages).
+                    sender.send_messages(message)
+                    published.append(pending.pop()[1])
+            if len(batch):
+                sender.send_messages(batch)
+                published.extend(receipt for _, receipt in pending)
+                pending.clear()
+        except BaseException as error:
+            self._discard([p for p, receipt in pending if receipt.route is Route.CLAIM_CHECK])
+            raise BatchPublishError(published, error) from error
+        return published
+
+    def cancel_scheduled(
+        self, sequence_number: int, *, queue: str | None = None, topic: str | None = None
+    ) -> None:
+        """Cancel a scheduled message by the sequence number its receipt carries."""
+        entity = resolve_entity(self.settings, queue=queue, topic=topic)
+        self._sender(entity).cancel_scheduled_messages(sequence_number)
+
+    def _sender(self, entity: Entity) -> ServiceBusSender:
+        sender = self._senders.get(entity.name)
+        if sender is None:
+            get = (
+                self._client.get_topic_sender
+                if entity.kind == "topic"
+                else self._client.get_queue_sender
+            )
+            sender = self._senders[entity.name] = get(entity.name)
+        return sender
+
+    def _limit(self, entity: Entity) -> int:
+        limit = self._limits.get(entity.name)
+        if limit is None:
+            limit = self._limits[entity.name] = _sdk.max_message_size(self._sender(entity))
+        return limit
+
+    def _upload(self, publication: Publication) -> ServiceBusMessage:
+        assert self._store is not None  # the core routes to claim-check only with a store
+        stored = self._store.upload(**self._core.upload_arguments(publication))
+        return publication.claim_checked(stored.url, sha256=stored.sha256)
+
+    @staticmethod
+    def _send(
+        sender: ServiceBusSender, message: ServiceBusMessage, scheduled: datetime | None
+    ) -> int | None:
+        if scheduled is None:
+            sender.send_messages(message)
+            return None
+        return int(sender.schedule_messages(message, scheduled)[0])
+
+    def _discard(self, publications: list[Publication]) -> None:
+        for publication in publications:
+            try:
+                assert self._store is not None
+                self._store.delete(publication.blob_name)
+                log.info("deleted the payload of unsent message %s", publication.message_id)
+            except Exception:  # best effort: the send error is what the caller must see
+                log.warning(
+                    "could not delete payload %s of unsent message %s; a lifecycle rule must",
+                    publication.blob_name,
+                    publication.message_id,
+                    exc_info=True,
+                )
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def receive(
+        self,
+        as_type: type[T],
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+        max_messages: int = 1,
+        max_wait: float | None = 5.0,
+        dead_letter: bool = False,
+    ) -> list[ReceivedEvent[T]]:
+        """Receive up to ``max_messages`` events (peek-lock), waiting at most ``max_wait`` s.
+
+        Payloads are fetched on first access to ``.data``; settle each event with
+        ``complete()``, ``abandon()``, ``dead_letter()`` or ``defer()``. ``dead_letter=True``
+        reads the entity's dead-letter queue.
+        """
+        entity = resolve_entity(
+            self.settings, queue=queue, topic=topic, subscription=subscription, receiving=True
+        )
+        receiver = self._receiver(entity, dead_letter)
+        messages = receiver.receive_messages(max_message_count=max_messages, max_wait_time=max_wait)
+        return [ReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages]
+
+    def receive_deferred(
+        self,
+        as_type: type[T],
+        sequence_numbers: Iterable[int],
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+    ) -> list[ReceivedEvent[T]]:
+        """Receive deferred events by their sequence numbers."""
+        entity = resolve_entity(
+            self.settings, queue=queue, topic=topic, subscription=subscription, receiving=True
+        )
+        receiver = self._receiver(entity, False)
+        messages = receiver.receive_deferred_messages(list(sequence_numbers))
+        return [ReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages]
+
+    def rehydrate(self, message: Any, as_type: type[T], *, entity: str | None = None) -> T:
+        """The typed event of a message received by other means (an Azure Functions trigger,
+        your own ``ServiceBusReceiver``), its payload fetched with this bus's settings."""
+        incoming = incoming_from(message, entity=entity)
+        return decode(incoming, self._payloads.payload_of(incoming), as_type)
+
+    def _receiver(self, entity: Entity, dead_letter: bool) -> ServiceBusReceiver:
+        key = (entity.path, dead_letter)
+        receiver = self._receivers.get(key)
+        if receiver is None:
+            sub_queue = ServiceBusSubQueue.DEAD_LETTER if dead_letter else None
+            if entity.subscription:
+                receiver = self._client.get_subscription_receiver(
+                    entity.name, entity.subscription, sub_queue=sub_queue
+                )
+            else:
+                receiver = self._client.get_queue_receiver(entity.name, sub_queue=sub_queue)
+            self._receivers[key] = receiver
+        return receiver
+
+
+class ReceivedEvent(EventView[T]):
+    """A received event: metadata at once, the typed payload on first access to ``.data``."""
+
+    def __init__(
+        self,
+        payloads: PayloadReader,
+        receiver: ServiceBusReceiver,
+        message: Any,
+        as_type: type[T],
+        entity: str,
+    ) -> None:
+        super().__init__(message, as_type, entity)
+        self._payloads = payloads
+        self._receiver = receiver
+        self._data: tuple[T] | None = None
+
+    @property
+    def data(self) -> T:
+        """The typed event, fetched and decoded on first access (typed errors on failure)."""
+        if self._data is None:
+            payload = self._payloads.payload_of(self.incoming)
+            self._data = (decode(self.incoming, payload, self.as_type),)
+        return self._data[0]
+
+    def payload(self) -> bytes:
+        """The raw payload bytes, inline or fetched."""
+        return self._payloads.payload_of(self.incoming)
+
+    def save_payload(self, destination: str | Path | BinaryIO) -> int:
+        """Stream the payload to a file path or binary file object without holding it all."""
+        if isinstance(destination, (str, Path)):
+            with open(destination, "wb") as sink:
+                return self._payloads.save_payload_of(self.incoming, sink)
+        return self._payloads.save_payload_of(self.incoming, destination)
+
+    def complete(self) -> None:
+        """Settle as handled: Service Bus removes the message."""
+        self._receiver.complete_message(self.message)
+        self._payloads.completed(self.incoming)
+
+    def abandon(self) -> None:
+        """Give the message back for redelivery (its delivery count goes up)."""
+        self._receiver.abandon_message(self.message)
+
+    def dead_letter(self, reason: str, description: str | None = None) -> None:
+        """Move the message to the dead-letter queue with a reason a person can act on."""
+        self._receiver.dead_letter_message(
+            self.message, reason=reason, error_description=description
+        )
+
+    def defer(self) -> None:
+        """Set the message aside; receive it later with ``receive_deferred``."""
+        self._receiver.defer_message(self.message)
+
+    def renew_lock(self) -> datetime:
+        """Extend the message's lock; returns the new expiry."""
+        return self._receiver.renew_message_lock(self.message)
+
+
+def _fits(batch: Any, message: ServiceBusMessage) -> bool:
+    try:
+        batch.add_message(message)
+    except MessageSizeExceededError:
+        return False
+    return True
+
+
+def _default_store(settings: ClaimCheckSettings, credential: Any) -> PayloadStore | None:
+    storage = settings.blob_storage
+    if storage.connection_string is None and not storage.account_url:
+        return None
+    from claimcheck_bus.payload_stores.azure_blob import AzureBlobPayloadStore
+
+    return AzureBlobPayloadStore.from_settings(settings, credential=credential)
+
+
+class PayloadReader:
+    """Reads received messages' payloads: inline, through their SAS URL, or, when that SAS was
+    refused and the payload is in our own container, with the store's credentials."""
+
+    def __init__(
+        self, policy: ReceivePolicy, downloader: PayloadDownloader, store: PayloadStore | None
+    ) -> None:
+        self._policy = policy
+        self._downloader = downloader
+        self._store = store
+
+    @classmethod
+    def from_settings(
+        cls, settings: ClaimCheckSettings, *, credential: Any = None
+    ) -> PayloadReader:
+        """A reader trusting what ``settings`` trust, with its own downloader and store."""
+        return cls(
+            ReceivePolicy.from_settings(settings),
+            PayloadDownloader(DownloadPolicy.from_settings(settings)),
+            _default_store(settings, credential),
+        )
+
+    def __enter__(self) -> PayloadReader:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the downloader and the store."""
+        self._downloader.close()
+        if self._store is not None:
+            self._store.close()
+
+    def payload_of(self, incoming: IncomingMessage) -> bytes:
+        """A received message's payload bytes: inline, or fetched and verified."""
+        fetch = plan(incoming, self._policy)
+        if fetch is None:
+            return incoming.body
+        try:
+            raw = self._downloader.fetch(
+                fetch.location,
+                sha256=fetch.ref.sha256,
+                size=fetch.ref.size,
+                message_id=incoming.message_id,
+                entity=incoming.entity,
+            )
+        except PayloadAccessDeniedError:
+            if self._store is None or not may_read_with_credentials(fetch, self._policy):
+                raise
+            log.warning(
+                "SAS of message %s refused (expired?); reading %s with the store's credentials",
+                incoming.message_id,
+                fetch.location.blob_path,
+            )
+            raw = self._store.read(fetch.blob_name)
+            verify_payload(raw, fetch, self._policy, incoming)
+        return decode_content(
+            raw,
+            fetch.ref.content_encoding,
+            max_bytes=self._policy.max_bytes,
+            where=where(incoming, fetch),
+        )
+
+    def save_payload_of(self, incoming: IncomingMessage, sink: BinaryIO) -> int:
+        """Stream a received message's payload into ``sink``; returns the bytes written."""
+        fetch = plan(incoming, self._policy)
+        if fetch is None or fetch.ref.content_encoding:
+            data = self.payload_of(incoming)
+            sink.write(data)
+            return len(data)
+        return self._downloader.fetch_to(
+            fetch.location,
+            sink,
+            sha256=fetch.ref.sha256,
+            size=fetch.ref.size,
+            message_id=incoming.message_id,
+            entity=incoming.entity,
+        )
+
+    def completed(self, incoming: IncomingMessage) -> None:
+        """After a complete: delete the payload when ``delete_after_complete`` asks for it."""
+        if not self._policy.delete_after_complete or self._store is None:
+            return
+        fetch = plan(incoming, self._policy)
+        if fetch is not None and may_read_with_credentials(fetch, self._policy):
+            try:
+                self._store.delete(fetch.blob_name)
+            except Exception:  # the message is settled; the blob is only garbage now
+                log.warning("could not delete payload %s", fetch.location.blob_path, exc_info=True)
+
+
+def rehydrate(
+    message: Any,
+    as_type: type[T],
+    *,
+    settings: BusSettings | ClaimCheckSettings | None = None,
+    entity: str | None = None,
+) -> T:
+    """The typed event of a message received by other means (an Azure Functions trigger, your
+    own ``ServiceBusReceiver``), inline or claim-checked.
+
+    ``settings`` default to ``BusSettings()``; pass a ``ClaimCheckSettings`` where no Service
+    Bus settings exist. For many messages, prefer ``ClaimCheckBus.rehydrate`` (pooled HTTP).
+    """
+    if settings is None:
+        settings = BusSettings()
+    claim_check = settings.claim_check if isinstance(settings, BusSettings) else settings
+    with PayloadReader.from_settings(claim_check) as reader:
+        incoming = incoming_from(message, entity=entity)
+        return decode(incoming, reader.payload_of(incoming), as_type)

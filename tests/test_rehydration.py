@@ -1,0 +1,94 @@
+"""The receive-side decisions: where a payload is and what our own store may read."""
+
+from __future__ import annotations
+
+import pytest
+
+from claimcheck_bus.errors import PayloadTooLargeError, UntrustedPayloadUrlError
+from claimcheck_bus.payload_urls import own_endpoint
+from claimcheck_bus.rehydration import (
+    IncomingMessage,
+    ReceivePolicy,
+    decode_content,
+    may_read_with_credentials,
+    plan,
+)
+
+AZURE = own_endpoint("https://contoso.blob.core.windows.net", "claim-check")
+AZURITE = own_endpoint("http://127.0.0.1:10000/devstoreaccount1", "claim-check")
+
+
+def incoming(**properties: object) -> IncomingMessage:
+    return IncomingMessage("m-1", None, None, dict(properties), b"inline", entity="orders")
+
+
+@pytest.mark.parametrize(
+    ("own", "url", "blob_name"),
+    [
+        (
+            AZURE,
+            "https://contoso.blob.core.windows.net/claim-check/orders/E/1.json?sig=x",
+            "orders/E/1.json",
+        ),
+        (
+            AZURITE,
+            "http://127.0.0.1:10000/devstoreaccount1/claim-check/orders/E/1.json",
+            "orders/E/1.json",
+        ),
+        (
+            AZURE,
+            "https://contoso.blob.core.windows.net/claim-check/q/E/a%2525b%20c.json",
+            "q/E/a%25b c.json",
+        ),
+    ],
+)
+def test_the_blob_name_is_what_follows_account_and_container(
+    own: object, url: str, blob_name: str
+) -> None:
+    policy = ReceivePolicy(trusted=(own,), own=own)  # type: ignore[arg-type]
+    fetch = plan(incoming(IsClaimCheck=True, ClaimCheckBlobUri=url), policy)
+    assert fetch is not None
+    assert fetch.blob_name == blob_name
+    assert may_read_with_credentials(fetch, policy)
+
+
+def test_inline_messages_need_no_fetch() -> None:
+    assert plan(incoming(), ReceivePolicy(trusted=(AZURE,))) is None
+
+
+def test_foreign_trusted_endpoints_are_never_read_with_our_credentials() -> None:
+    other = own_endpoint("https://partner.blob.core.windows.net", "out")
+    policy = ReceivePolicy(trusted=(AZURE, other), own=AZURE)
+    fetch = plan(
+        incoming(
+            IsClaimCheck=True, ClaimCheckBlobUri="https://partner.blob.core.windows.net/out/x"
+        ),
+        policy,
+    )
+    assert fetch is not None
+    assert not may_read_with_credentials(fetch, policy)
+
+
+def test_declared_sizes_over_the_limit_are_refused_before_any_request() -> None:
+    policy = ReceivePolicy(trusted=(AZURE,), max_bytes=100)
+    url = "https://contoso.blob.core.windows.net/claim-check/x"
+    with pytest.raises(PayloadTooLargeError, match="above the receiver's limit of 100"):
+        plan(incoming(IsClaimCheck=True, ClaimCheckBlobUri=url, ClaimCheckSize=101), policy)
+    with pytest.raises(UntrustedPayloadUrlError):
+        plan(incoming(IsClaimCheck="True", ClaimCheckBlobUri="https://evil/x"), policy)
+
+
+def test_gzip_content_is_inflated_within_bounds() -> None:
+    import gzip
+
+    where = {"message_id": "m", "entity": "q", "blob_path": None}
+    assert decode_content(gzip.compress(b"abc"), "gzip", max_bytes=10, where=where) == b"abc"
+    assert decode_content(b"raw", None, max_bytes=10, where=where) == b"raw"
+    with pytest.raises(PayloadTooLargeError):
+        decode_content(gzip.compress(b"a" * 1000), "gzip", max_bytes=10, where=where)
+    from claimcheck_bus.errors import EventDecodeError
+
+    with pytest.raises(EventDecodeError, match="unknown ClaimCheckContentEncoding"):
+        decode_content(b"x", "br", max_bytes=10, where=where)
+    with pytest.raises(EventDecodeError, match="not valid gzip"):
+        decode_content(b"not gzip", "gzip", max_bytes=10, where=where)
