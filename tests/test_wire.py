@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -233,3 +233,52 @@ def test_fuzzed_properties_give_a_ref_none_or_a_typed_error(
         return
     if ref is not None:
         assert ref.url
+
+
+def _utf8_text(**kwargs: int) -> st.SearchStrategy[str]:
+    return st.text(alphabet=st.characters(codec="utf-8"), **kwargs)
+
+
+_prop_values = st.one_of(
+    _utf8_text(max_size=300),
+    # The SDK decodes bytes values to str on send (and fails on non-UTF-8): text only.
+    _utf8_text(max_size=300).map(str.encode),
+    st.integers(-(2**31), 2**31 - 1),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.uuids(),
+    st.integers(0, 2**62).map(_sdk.amqp_long),
+)
+
+
+@given(
+    st.dictionaries(_utf8_text(min_size=1, max_size=40), _prop_values, max_size=8),
+    st.integers(0, 5000),
+    _utf8_text(max_size=128),
+    st.none() | _utf8_text(max_size=60),
+    st.none() | st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=30)),
+)
+def test_the_envelope_bound_never_underestimates(
+    properties: dict[str, object],
+    body_length: int,
+    message_id: str,
+    correlation_id: str | None,
+    ttl: timedelta | None,
+) -> None:
+    from claimcheck_bus.wire import envelope_bound
+
+    message = _sdk.build_message(
+        b"b" * body_length,
+        content_type="application/json",
+        message_id=message_id or "m",
+        subject="OrderCreated",
+        application_properties=properties,
+        correlation_id=correlation_id,
+        time_to_live=ttl,
+    )
+    bound = envelope_bound(
+        properties, (message_id or "m", "application/json", "OrderCreated", correlation_id, ttl)
+    )
+    assert bound is not None
+    exact = _sdk.encoded_size(message)
+    assert exact <= wire_size(bound, body_length) <= exact + 200 + 20 * len(properties)

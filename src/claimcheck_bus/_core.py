@@ -10,7 +10,7 @@ from claimcheck_bus.payload_store import payload_metadata, sas_expiry
 from claimcheck_bus.publishing import Publication, PublishOptions, utc_now
 from claimcheck_bus.rehydration import Fetch, IncomingMessage, ReceivePolicy, incoming_from
 from claimcheck_bus.settings import BusSettings
-from claimcheck_bus.wire import Route, choose_route, declares_claim_check
+from claimcheck_bus.wire import Route, choose_route, declares_claim_check, offload_limit
 
 T = TypeVar("T")
 
@@ -29,8 +29,8 @@ class BusCore:
 
     def route(self, publication: Publication, entity_limit: int) -> tuple[Route, int]:
         """Inline or claim-check for ``publication`` on an entity taking ``entity_limit`` bytes."""
-        size = publication.inline_size()
         cc = self.settings.claim_check
+        size = publication.inline_size_within(offload_limit(cc.max_payload_size_kb, entity_limit))
         route = choose_route(
             size,
             enabled=cc.enabled and self._has_store,

@@ -21,6 +21,7 @@ from claimcheck_bus.wire import (
     Route,
     claim_check_properties,
     cloudevent_properties,
+    envelope_bound,
     wire_size,
 )
 
@@ -51,7 +52,8 @@ class PublishReceipt:
     event_type: str
     route: Route
     size: int
-    """The inline message's encoded size, which decided the route."""
+    """The inline message's encoded size, which decided the route (exact near the limit; an
+    upper bound for messages far below it, where an exact figure would cost a full encode)."""
     payload_bytes: int
     blob_name: str | None = None
     sequence_number: int | None = None
@@ -83,6 +85,7 @@ class Publication:
                 f"application_properties may not set {sorted(clashing)}: the claim-check sets them"
             )
         properties = {
+            **event_version_property(event),
             **options.application_properties,
             **cloudevent_properties(
                 event_type=serialized.event_type,
@@ -118,6 +121,26 @@ class Publication:
         """The message carrying the payload in its body."""
         return self._message(self.event.body, self.properties)
 
+    def inline_size_within(self, limit: int) -> int:
+        """The inline message's size where it matters: exact near or above ``limit``, a cheap
+        upper bound when even that is well within it."""
+        options = self.options
+        bound = envelope_bound(
+            self.properties,
+            (
+                self.message_id,
+                self.event.content_type,
+                options.subject or self.event.event_type,
+                options.correlation_id,
+                options.session_id,
+                options.time_to_live,
+                options.scheduled_enqueue_time,
+            ),
+        )
+        if bound is not None and wire_size(bound, len(self.event.body)) <= limit:
+            return wire_size(bound, len(self.event.body))
+        return self.inline_size()
+
     def inline_size(self) -> int:
         """The inline message's encoded size, measured without encoding the payload."""
         envelope = _sdk.encoded_size(self._message(b"", self.properties))
@@ -143,6 +166,17 @@ class Publication:
             blob_name=self.blob_name if route is Route.CLAIM_CHECK else None,
             sequence_number=sequence_number,
         )
+
+
+def event_version_property(event: object) -> dict[str, int]:
+    """``{"EventVersion": n}`` when the event's class declares ``__event_version__ = n``.
+
+    Absent means version 1 to readers, so unversioned events add nothing to the wire.
+    """
+    version = getattr(type(event), "__event_version__", None)
+    if isinstance(version, int) and not isinstance(version, bool) and version > 1:
+        return {"EventVersion": version}
+    return {}
 
 
 def utc_now() -> datetime:
