@@ -46,9 +46,8 @@ from claimcheck_bus.payload_stores.azure_blob import (
     upload_body,
 )
 from claimcheck_bus.settings import ClaimCheckSettings
-from claimcheck_bus.testing.azurite import Azurite, connection_string_for
+from claimcheck_bus.testing.azurite import Azurite, AzuriteOAuth, connection_string_for
 from claimcheck_bus.testing.credentials import AsyncFakeTokenCredential, FakeTokenCredential
-from claimcheck_bus.testing.pytest_plugin import AzuriteOAuth
 
 PAYLOAD = b'{"OrderId": "42", "Lines": [' + b"7," * 3000 + b"7]}"
 JSON = "application/json"

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 #: Azurite's public, well-known development account (documented by Microsoft; not a secret).
 ACCOUNT_NAME = "devstoreaccount1"
@@ -33,6 +35,9 @@ EXTERNAL_ENV = "CLAIMCHECK_TEST_AZURITE_CONNECTION_STRING"
 AZURITE_DIR_ENV = "CLAIMCHECK_AZURITE_DIR"
 #: The image testcontainers runs; the same release line as the npm pin in package.json.
 DOCKER_IMAGE = "mcr.microsoft.com/azure-storage/azurite:3.35.0"
+if TYPE_CHECKING:
+    from claimcheck_bus.testing.credentials import AsyncFakeTokenCredential, FakeTokenCredential
+
 _AZURITE_MAIN = Path("node_modules", "azurite", "dist", "src", "blob", "main.js")
 _LISTENING = re.compile(
     r"Blob service successfully listens on (https?)://([\d.]+|\[[^\]]+\]):(\d+)"
@@ -48,6 +53,34 @@ class Azurite:
     connection_string: str = field(repr=False)
     account_name: str = ACCOUNT_NAME
     account_key: str = field(default=ACCOUNT_KEY, repr=False)
+
+
+@dataclass(frozen=True)
+class AzuriteOAuth:
+    """An HTTPS Azurite that accepts Entra ID tokens (``--oauth basic``) and account keys."""
+
+    blob_endpoint: str
+    """``https://127.0.0.1:PORT/devstoreaccount1``: the account URL for BlobServiceClient."""
+    ca_path: str
+    """The self-signed certificate to trust (``connection_verify=``, ``ssl_context()``)."""
+    connection_string: str = field(repr=False)
+    account_name: str = ACCOUNT_NAME
+
+    def credential(self) -> FakeTokenCredential:
+        """A fake Entra ID credential whose tokens this Azurite accepts."""
+        from claimcheck_bus.testing.credentials import FakeTokenCredential
+
+        return FakeTokenCredential()
+
+    def async_credential(self) -> AsyncFakeTokenCredential:
+        """The asyncio twin of :meth:`credential`."""
+        from claimcheck_bus.testing.credentials import AsyncFakeTokenCredential
+
+        return AsyncFakeTokenCredential()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client SSL context trusting this Azurite's certificate (e.g. ``httpx verify=``)."""
+        return ssl.create_default_context(cafile=self.ca_path)
 
 
 def connection_string_for(blob_endpoint: str, account_key: str = ACCOUNT_KEY) -> str:

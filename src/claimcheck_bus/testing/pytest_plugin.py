@@ -1,7 +1,14 @@
-"""Pytest fixtures for claimcheck-bus users: Azurite and the Service Bus emulator.
+"""Pytest fixtures for claimcheck-bus users: Azurite, the Service Bus emulator, settings.
 
 Registered through the ``pytest11`` entry point, so installing claimcheck-bus makes them
-available in any suite: ``azurite`` (session), ``blob_container`` (a fresh container per test).
+available in any suite:
+
+- ``azurite`` (session): a running Azurite blob service; ``blob_container``: a fresh container;
+- ``azurite_oauth`` (session): Azurite over HTTPS with ``--oauth basic`` (user-delegation SAS);
+- ``servicebus`` (session): the in-process Service Bus emulator; ``fresh_queue``,
+  ``fresh_topic``: entities of the test's own;
+- ``bus_settings``: :class:`BusSettings` for the test's queue and container, from environment
+  variables as an application reads them.
 """
 
 from __future__ import annotations
@@ -12,7 +19,27 @@ from pathlib import Path
 
 import pytest
 
-from claimcheck_bus.testing.azurite import Azurite, running_azurite
+from claimcheck_bus.testing.azurite import (
+    Azurite,
+    AzuriteOAuth,
+    AzuriteProcess,
+    connection_string_for,
+    find_azurite,
+    running_azurite,
+)
+from claimcheck_bus.testing.bus_fixtures import bus_settings, fresh_queue, fresh_topic
+from claimcheck_bus.testing.credentials import write_self_signed_certificate
+from claimcheck_bus.testing.servicebus import servicebus
+
+__all__ = [
+    "azurite",
+    "azurite_oauth",
+    "blob_container",
+    "bus_settings",
+    "fresh_queue",
+    "fresh_topic",
+    "servicebus",
+]
 
 
 @pytest.fixture(scope="session")
@@ -36,48 +63,6 @@ def blob_container(azurite: Azurite) -> Iterator[str]:
         service.create_container(name)
         yield name
         service.delete_container(name)
-
-
-# --- Azurite with OAuth (user-delegation SAS) ---------------------------------------------------
-# Appended by the payload-store work; imports kept here so the section above stays untouched.
-import ssl  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
-from claimcheck_bus.testing.azurite import (  # noqa: E402
-    ACCOUNT_NAME,
-    AzuriteProcess,
-    connection_string_for,
-    find_azurite,
-)
-from claimcheck_bus.testing.credentials import (  # noqa: E402
-    AsyncFakeTokenCredential,
-    FakeTokenCredential,
-    write_self_signed_certificate,
-)
-
-
-@dataclass(frozen=True)
-class AzuriteOAuth:
-    """An HTTPS Azurite that accepts Entra ID tokens (``--oauth basic``) and account keys."""
-
-    blob_endpoint: str
-    """``https://127.0.0.1:PORT/devstoreaccount1``: the account URL for BlobServiceClient."""
-    ca_path: str
-    """The self-signed certificate to trust (``connection_verify=``, ``ssl_context()``)."""
-    connection_string: str = field(repr=False)
-    account_name: str = ACCOUNT_NAME
-
-    def credential(self) -> FakeTokenCredential:
-        """A fake Entra ID credential whose tokens this Azurite accepts."""
-        return FakeTokenCredential()
-
-    def async_credential(self) -> AsyncFakeTokenCredential:
-        """The asyncio twin of :meth:`credential`."""
-        return AsyncFakeTokenCredential()
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """A client SSL context trusting this Azurite's certificate (e.g. ``httpx verify=``)."""
-        return ssl.create_default_context(cafile=self.ca_path)
 
 
 @pytest.fixture(scope="session")
