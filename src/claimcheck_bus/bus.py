@@ -62,8 +62,9 @@ class ClaimCheckBus:
         credential: Any = None,
         store: PayloadStore | None = None,
     ) -> None:
+        settings = settings if settings is not None else BusSettings()
         if store is None:
-            store = _default_store((settings or BusSettings()).claim_check, credential)
+            store = _default_store(settings.claim_check, credential)
         self._core = BusCore(
             settings,
             has_store=store is not None,
