@@ -8,7 +8,8 @@ available in any suite:
 - ``servicebus`` (session): the in-process Service Bus emulator; ``fresh_queue``,
   ``fresh_topic``: entities of the test's own;
 - ``bus_settings``: :class:`BusSettings` for the test's queue and container, from environment
-  variables as an application reads them.
+  variables as an application reads them;
+- ``postgres_dsn`` (session): a PostgreSQL database created for the run, dropped at the end.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from claimcheck_bus.testing.azurite import (
 )
 from claimcheck_bus.testing.bus_fixtures import bus_settings, fresh_queue, fresh_topic
 from claimcheck_bus.testing.credentials import write_self_signed_certificate
+from claimcheck_bus.testing.database_fixtures import postgres_dsn
 from claimcheck_bus.testing.servicebus import servicebus
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "bus_settings",
     "fresh_queue",
     "fresh_topic",
+    "postgres_dsn",
     "servicebus",
 ]
 

@@ -1,0 +1,150 @@
+"""Hooks around message handling for logging, metrics and tracing, kept out of handlers.
+
+A :class:`Middleware` overrides only the hooks it needs. Hooks run on the worker's event loop,
+except :meth:`Middleware.before_commit`, which runs in the handler's thread inside the
+projection's open transaction. A hook that raises is logged and ignored, never fails a message
+(except ``before_commit``, whose error rolls the transaction back like a handler's).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict, deque
+from enum import Enum
+from typing import Any
+
+from claimcheck_bus.worker.context import EventContext
+from claimcheck_bus.worker.dispatch import percentile
+
+log = logging.getLogger("claimcheck_bus.worker")
+
+
+class Outcome(Enum):
+    """How a message left the worker."""
+
+    COMPLETED = "completed"
+    DUPLICATE = "duplicate"
+    """Every projection had already applied it: skipped and completed."""
+    ABANDONED = "abandoned"
+    DEAD_LETTERED = "dead_lettered"
+    SETTLE_FAILED = "settle_failed"
+    """Settling failed (typically a lost lock): Service Bus redelivers, the inbox skips it."""
+
+
+class Middleware:
+    """Hooks around each message; the base class does nothing."""
+
+    def before_handle(self, context: EventContext) -> None:
+        """A message was received and is about to be dispatched."""
+
+    def before_commit(self, context: EventContext, projection: str) -> None:
+        """A projection's handler ran; its transaction (with the inbox row) is about to commit."""
+
+    def after_commit(self, context: EventContext, projection: str, lag: float | None) -> None:
+        """A projection committed; ``lag`` is seconds from enqueue to commit."""
+
+    def after_handle(
+        self,
+        context: EventContext,
+        outcome: Outcome,
+        error: BaseException | None,
+        duration: float,
+    ) -> None:
+        """The message was settled (``duration``: seconds from receipt to settlement)."""
+
+
+class LoggingMiddleware(Middleware):
+    """Logs each settlement (INFO for failures, DEBUG for success) and each commit's lag."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or log
+
+    def after_commit(self, context: EventContext, projection: str, lag: float | None) -> None:
+        """Log the read-model lag of one commit."""
+        self.log.debug(
+            "projection %s applied %s %s (lag %s s)",
+            projection,
+            context.event_type,
+            context.message_id,
+            f"{lag:.3f}" if lag is not None else "?",
+        )
+
+    def after_handle(
+        self,
+        context: EventContext,
+        outcome: Outcome,
+        error: BaseException | None,
+        duration: float,
+    ) -> None:
+        """Log the outcome; failures name the error."""
+        level = logging.DEBUG if outcome in (Outcome.COMPLETED, Outcome.DUPLICATE) else logging.INFO
+        self.log.log(
+            level,
+            "%s %s on %s (delivery %d): %s in %.3f s%s",
+            context.event_type,
+            context.message_id,
+            context.entity,
+            context.delivery_count,
+            outcome.value,
+            duration,
+            f": {type(error).__name__}: {error}" if error is not None else "",
+        )
+
+
+class MetricsMiddleware(Middleware):
+    """Counts outcomes and keeps recent read-model lag per projection; also records them to
+    OpenTelemetry when ``opentelemetry`` is importable and ``meter`` (or the global one) is set."""
+
+    def __init__(self, *, window: int = 10_000, meter: Any = None, use_otel: bool = True) -> None:
+        self.outcomes: dict[str, int] = defaultdict(int)
+        self._lags: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=window))
+        self._lock = threading.Lock()
+        self._lag_histogram: Any = None
+        self._outcome_counter: Any = None
+        if use_otel:
+            self._setup_otel(meter)
+
+    def _setup_otel(self, meter: Any) -> None:
+        try:
+            from opentelemetry import metrics
+        except ImportError:  # OpenTelemetry is optional
+            return
+        meter = meter or metrics.get_meter("claimcheck_bus.worker")
+        self._lag_histogram = meter.create_histogram(
+            "claimcheck.projection.lag", unit="s", description="enqueue to projection commit"
+        )
+        self._outcome_counter = meter.create_counter(
+            "claimcheck.worker.messages", description="messages settled, by outcome"
+        )
+
+    def after_commit(self, context: EventContext, projection: str, lag: float | None) -> None:
+        """Record one commit's lag."""
+        if lag is None:
+            return
+        with self._lock:
+            self._lags[projection].append(lag)
+        if self._lag_histogram is not None:
+            self._lag_histogram.record(lag, {"projection": projection})
+
+    def after_handle(
+        self,
+        context: EventContext,
+        outcome: Outcome,
+        error: BaseException | None,
+        duration: float,
+    ) -> None:
+        """Count one settlement."""
+        with self._lock:
+            self.outcomes[outcome.value] += 1
+        if self._outcome_counter is not None:
+            self._outcome_counter.add(1, {"outcome": outcome.value, "entity": context.entity})
+
+    def lags(self, projection: str) -> list[float]:
+        """The recent lags (seconds) of ``projection``."""
+        with self._lock:
+            return list(self._lags[projection])
+
+    def lag_percentile(self, projection: str, fraction: float) -> float | None:
+        """A percentile (0.5, 0.95, ...) of ``projection``'s recent lag in seconds."""
+        return percentile(self.lags(projection), fraction)

@@ -1,0 +1,103 @@
+"""The SQLite projection store: the embedded default, a file or ``:memory:``."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from claimcheck_bus.worker.stores.base import INBOX_TABLE, ProjectionStore
+
+
+class SQLiteProjectionStore(ProjectionStore):
+    """A read model in SQLite. One connection, one writer at a time (SQLite's own rule);
+    several processes may share a file (WAL mode, a busy timeout)."""
+
+    placeholder = "?"
+
+    def __init__(self, path: str | Path = ":memory:", *, busy_timeout: float = 30.0) -> None:
+        self.path = str(path)
+        self._busy_timeout = busy_timeout
+        self._connection: sqlite3.Connection | None = None
+        # The connection is used from the worker's threads, one transaction at a time.
+        self._lock = threading.RLock()
+
+    def open(self) -> None:
+        """Connect (WAL for files) and create the inbox table."""
+        with self._lock:
+            if self._connection is not None:
+                return
+            connection = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,
+            )
+            if self.path != ":memory:":
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {INBOX_TABLE} ("
+                " projection TEXT NOT NULL,"
+                " message_id TEXT NOT NULL,"
+                " processed_at REAL NOT NULL,"
+                " PRIMARY KEY (projection, message_id))"
+            )
+            connection.execute(
+                f"CREATE INDEX IF NOT EXISTS {INBOX_TABLE}_processed_at"
+                f" ON {INBOX_TABLE} (processed_at)"
+            )
+            self._connection = connection
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside ``BEGIN IMMEDIATE`` (a write lock from the start, so two
+        processes never deadlock upgrading read locks)."""
+        with self._lock:
+            if self._connection is None:
+                self.open()
+            connection = self._connection
+            assert connection is not None
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    def claim(self, db: Any, projection: str, message_id: str, now: datetime) -> bool:
+        """Insert the inbox row; ``False`` when this projection already processed the id."""
+        cursor = db.execute(
+            f"INSERT INTO {INBOX_TABLE} (projection, message_id, processed_at)"  # noqa: S608 (a constant table name)
+            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (projection, message_id, now.timestamp()),
+        )
+        return bool(cursor.rowcount == 1)
+
+    def prune(self, cutoff: datetime) -> int:
+        """Delete inbox rows older than ``cutoff``."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                f"DELETE FROM {INBOX_TABLE} WHERE processed_at < ?",  # noqa: S608 (a constant table name)
+                (cutoff.timestamp(),),
+            )
+            return int(cursor.rowcount)
+
+    def clear_inbox(self, db: Any, projection: str) -> None:
+        """Forget what ``projection`` processed."""
+        db.execute(f"DELETE FROM {INBOX_TABLE} WHERE projection = ?", (projection,))  # noqa: S608 (a constant table name)
+
+    def __repr__(self) -> str:
+        return f"SQLiteProjectionStore({self.path!r})"

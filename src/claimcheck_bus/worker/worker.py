@@ -1,0 +1,641 @@
+"""The background worker: receive loops, bounded concurrency, lock renewal, settlement and
+graceful shutdown. Every decision it takes is a function of ``dispatch``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+from claimcheck_bus.aio import AsyncClaimCheckBus, AsyncReceivedEvent
+from claimcheck_bus.errors import InvalidEventError
+from claimcheck_bus.events import deserialize
+from claimcheck_bus.settings import BusSettings
+from claimcheck_bus.worker.context import EventContext
+from claimcheck_bus.worker.dispatch import (
+    Decision,
+    Route,
+    Settle,
+    Upcaster,
+    decide,
+    event_type_of,
+    event_version_of,
+    lag_seconds,
+    parse_json,
+    read_version,
+    receive_batch,
+    receive_wait,
+    renew_delay,
+    retention_cutoff,
+    select_routes,
+    should_receive,
+    upcast,
+    upcast_chain,
+)
+from claimcheck_bus.worker.middleware import Middleware, Outcome
+from claimcheck_bus.worker.projection import Projection, ProjectionRunner, declared_handlers
+from claimcheck_bus.worker.stores.base import ProjectionStore
+
+log = logging.getLogger("claimcheck_bus.worker")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a route calls: a projection's handler (through its runner) or a plain handler."""
+
+    function: Callable[..., Any]
+    runner: ProjectionRunner | None = None
+    upcasters: Mapping[tuple[str, int], Upcaster] = field(default_factory=dict)
+    takes_context: bool = True
+
+
+class _LinkTurns:
+    """Settlements share the link with each other; a receive has it alone, and waits for the
+    settlements queued before it (they are few: at most the messages in flight)."""
+
+    def __init__(self) -> None:
+        self._turn = asyncio.Condition()
+        self._settling = 0
+        self._settle_waiting = 0
+        self._receiving = False
+
+    @contextlib.asynccontextmanager
+    async def settling(self) -> AsyncIterator[None]:
+        """Hold a shared turn for one settlement."""
+        async with self._turn:
+            self._settle_waiting += 1
+            try:
+                await self._turn.wait_for(lambda: not self._receiving)
+            finally:
+                self._settle_waiting -= 1
+            self._settling += 1
+        try:
+            yield
+        finally:
+            async with self._turn:
+                self._settling -= 1
+                self._turn.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def receiving(self) -> AsyncIterator[None]:
+        """Hold the link alone for one receive."""
+        async with self._turn:
+            await self._turn.wait_for(
+                lambda: not self._receiving and not self._settling and not self._settle_waiting
+            )
+            self._receiving = True
+        try:
+            yield
+        finally:
+            async with self._turn:
+                self._receiving = False
+                self._turn.notify_all()
+
+
+@dataclass
+class _Entity:
+    """A queue or a topic subscription the worker consumes, with its routes."""
+
+    queue: str | None
+    topic: str | None
+    subscription: str | None
+    routes: list[Route] = field(default_factory=list)
+    inflight: int = 0
+    link: _LinkTurns = field(default_factory=lambda: _LinkTurns())
+    """Receives and settlements take turns on the link: the SDK's settlements crawl while a
+    receive is in flight on it (see ``dispatch.receive_wait``)."""
+
+    @property
+    def path(self) -> str:
+        """``orders`` or ``events/Subscriptions/billing``, for logs and contexts."""
+        if self.topic:
+            return f"{self.topic}/Subscriptions/{self.subscription}"
+        return self.queue or "<default queue>"
+
+
+class Worker:
+    """Consumes queues and subscriptions and dispatches each event to its handlers.
+
+    Projections get exactly-once effects through their store's inbox; plain handlers get
+    at-least-once delivery. ``max_concurrency`` bounds the messages in flight across all
+    entities; handlers run in threads so lock renewal keeps going while they compute.
+    """
+
+    def __init__(
+        self,
+        settings: BusSettings | None = None,
+        *,
+        credential: Any = None,
+        max_concurrency: int = 8,
+        shutdown_timeout: float = 30.0,
+        inbox_retention: timedelta = timedelta(days=7),
+        prune_interval: float = 3600.0,
+        max_wait: float = 1.0,
+        expected_handler_seconds: float = 0.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        refill_fraction: float = 0.5,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        retention_cutoff(datetime.now(timezone.utc), inbox_retention)  # validates it
+        self.settings = settings if settings is not None else BusSettings()
+        self.max_concurrency = max_concurrency
+        self.shutdown_timeout = shutdown_timeout
+        self.inbox_retention = inbox_retention
+        self.prune_interval = prune_interval
+        self.max_wait = max_wait
+        self.expected_handler_seconds = expected_handler_seconds
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.refill_fraction = refill_fraction
+        self._credential = credential
+        self._entities: dict[tuple[str | None, str | None, str | None], _Entity] = {}
+        self._runners: list[ProjectionRunner] = []
+        self._upcasters: dict[tuple[str, int], Upcaster] = {}
+        self._middleware: list[Middleware] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._stop_requested = threading.Event()
+        self._active = 0
+        self._slots: asyncio.Condition | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._handlers_running = 0
+        self._released = 0
+        self._counter_lock = threading.Lock()
+
+    # -- registration ----------------------------------------------------------------------
+
+    def _entity(self, queue: str | None, topic: str | None, subscription: str | None) -> _Entity:
+        if topic and not subscription:
+            raise ValueError(f"topic {topic!r} needs a subscription to consume from")
+        if queue and topic:
+            raise ValueError("give a queue or a topic and subscription, not both")
+        if not queue and not topic:
+            queue = self.settings.service_bus.default_queue_name
+            if not queue:
+                raise ValueError("name a queue (or topic and subscription): no default queue set")
+        key = (queue, topic, subscription)
+        entity = self._entities.get(key)
+        if entity is None:
+            entity = self._entities[key] = _Entity(queue, topic, subscription)
+        return entity
+
+    def add_projection(
+        self,
+        projection: Projection,
+        *,
+        store: ProjectionStore,
+        queue: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+    ) -> ProjectionRunner:
+        """Feed ``projection`` (stored in ``store``) from a queue or a topic subscription."""
+        runner = ProjectionRunner(projection, store)
+        if any(r.name == runner.name and r.store is store for r in self._runners):
+            raise ValueError(f"projection {runner.name!r} is already registered with this store")
+        handlers = declared_handlers(projection)
+        if not handlers:
+            raise ValueError(f"projection {runner.name!r} has no @handles methods")
+        entity = self._entity(queue, topic, subscription)
+        for declared, function in handlers:
+            target = _Target(function, runner, dict(projection.upcasters))
+            entity.routes.append(
+                Route(declared.event_type, declared.version, declared.event_class, target)
+            )
+        self._runners.append(runner)
+        return runner
+
+    def add_handler(
+        self,
+        event_class: type[Any],
+        handler: Callable[..., Any],
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+        version: int | None = None,
+        event_type: str | None = None,
+    ) -> None:
+        """Call ``handler(event)`` or ``handler(event, context)`` (sync or async) for each
+        ``event_class`` event: at-least-once, no inbox (make it idempotent)."""
+        parameters = inspect.signature(handler).parameters
+        target = _Target(handler, None, {}, takes_context=len(parameters) >= 2)
+        self._entity(queue, topic, subscription).routes.append(
+            Route(
+                event_type_of(event_class, event_type),
+                event_version_of(event_class, version),
+                event_class,
+                target,
+            )
+        )
+
+    def add_upcaster(self, event_type: str, from_version: int, upcaster: Upcaster) -> None:
+        """Register a pure function turning ``event_type``'s JSON from ``from_version`` to the
+        next version, for every handler of this worker."""
+        self._upcasters[(event_type, from_version)] = upcaster
+
+    def use(self, middleware: Middleware | type[Middleware]) -> None:
+        """Add a middleware (an instance, or a class to instantiate without arguments)."""
+        self._middleware.append(middleware() if isinstance(middleware, type) else middleware)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until SIGTERM, SIGINT or :meth:`stop`, then shut down gracefully."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            stop = asyncio.Event()
+            installed = []
+            for number in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(number, stop.set)
+                    installed.append(number)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass  # not the main thread, or not a POSIX loop: stop() still works
+            try:
+                await self.serve(stop)
+            finally:
+                for number in installed:
+                    loop.remove_signal_handler(number)
+
+        asyncio.run(main())
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully; safe from any thread."""
+        self._stop_requested.set()
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(stop.set)
+
+    async def serve(self, stop: asyncio.Event | None = None) -> None:
+        """Consume until ``stop`` is set (or :meth:`stop` is called), then shut down."""
+        if not self._entities:
+            raise ValueError("nothing to consume: add a projection or a handler first")
+        self._loop = asyncio.get_running_loop()
+        self._stop = stop if stop is not None else asyncio.Event()
+        if self._stop_requested.is_set():
+            self._stop.set()
+        self._slots = asyncio.Condition()
+        self._active = 0
+        for entity in self._entities.values():  # asyncio primitives belong to one loop
+            entity.link, entity.inflight = _LinkTurns(), 0
+        for runner in self._runners:
+            await asyncio.to_thread(runner.start)
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            async with AsyncClaimCheckBus(self.settings, credential=self._credential) as bus:
+                log.info("worker consuming %s", ", ".join(e.path for e in self._entities.values()))
+                loops = [
+                    asyncio.create_task(self._receive_loop(bus, entity, inflight))
+                    for entity in self._entities.values()
+                ]
+                background = [
+                    asyncio.create_task(self._prune_loop()),
+                    asyncio.create_task(self._wake_on_stop()),
+                ]
+                try:
+                    await self._stop.wait()
+                finally:
+                    await asyncio.gather(*loops, return_exceptions=True)
+                    await self._drain(inflight)
+                    for task in background:
+                        task.cancel()
+                    await asyncio.gather(*background, return_exceptions=True)
+        finally:
+            executor, self._executor = self._executor, None
+            if self._handlers_running:
+                # A handler thread outlived the deadline (its message was abandoned): its
+                # store stays open for it; the inbox makes its late commit harmless.
+                log.warning(
+                    "%d handler(s) still running after the shutdown deadline; their "
+                    "transactions may still commit (a redelivery will then be skipped)",
+                    self._handlers_running,
+                )
+            else:
+                for store in {id(r.store): r.store for r in self._runners}.values():
+                    await asyncio.to_thread(store.close)
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+            self._loop = None
+            log.info("worker stopped")
+
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a handler in the worker's own threads, counting those still running."""
+        assert self._loop is not None
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                self.max_concurrency, thread_name_prefix="claimcheck-worker"
+            )
+        with self._counter_lock:
+            self._handlers_running += 1
+        # Count on the thread's own future: the asyncio one is done as soon as it is cancelled.
+        thread_future = self._executor.submit(function, *args)
+        thread_future.add_done_callback(self._handler_done)
+        return await asyncio.wrap_future(thread_future)
+
+    def _handler_done(self, _: Any) -> None:
+        with self._counter_lock:
+            self._handlers_running -= 1
+
+    async def _wake_on_stop(self) -> None:
+        assert self._stop is not None
+        assert self._slots is not None
+        await self._stop.wait()
+        async with self._slots:
+            self._slots.notify_all()
+
+    async def _drain(self, inflight: set[asyncio.Task[None]]) -> None:
+        """Let in-flight messages finish within the deadline; abandon the rest."""
+        if not inflight:
+            return
+        log.info(
+            "waiting up to %.0f s for %d in-flight message(s)", self.shutdown_timeout, len(inflight)
+        )
+        _, pending = await asyncio.wait(set(inflight), timeout=self.shutdown_timeout)
+        for task in pending:
+            task.cancel()  # the task abandons its message as it unwinds
+        if pending:
+            await asyncio.wait(pending, timeout=10.0)
+
+    async def _receive_loop(
+        self, bus: AsyncClaimCheckBus, entity: _Entity, inflight: set[asyncio.Task[None]]
+    ) -> None:
+        assert self._stop is not None
+        assert self._slots is not None
+        stop, slots = self._stop, self._slots
+        failures = 0
+        linked = False
+        lock_seconds: float | None = None  # learnt from the first messages' lock expiry
+        while not stop.is_set():
+            async with slots:
+                # Refill in batches: many one-message receives cost more than they save.
+                await slots.wait_for(
+                    lambda: (
+                        stop.is_set()
+                        or should_receive(
+                            self.max_concurrency - self._active,
+                            self.max_concurrency,
+                            inflight=entity.inflight,
+                            refill=self.refill_fraction,
+                        )
+                    )
+                )
+                if stop.is_set():
+                    return
+                wanted = receive_batch(
+                    self.max_concurrency - self._active,
+                    lock_seconds=lock_seconds,
+                    handler_seconds=self.expected_handler_seconds,
+                )
+                self._active += wanted  # reserve the slots while receiving
+            try:
+                async with entity.link.receiving():
+                    events = await bus.receive(
+                        bytes,
+                        queue=entity.queue,
+                        topic=entity.topic,
+                        subscription=entity.subscription,
+                        max_messages=wanted,
+                        max_wait=receive_wait(
+                            self.max_wait, inflight=entity.inflight, linked=linked
+                        ),
+                    )
+                entity.inflight += len(events)
+                failures = 0
+                linked = True
+            except Exception:
+                failures += 1
+                linked = False
+                log.warning("receiving from %s failed; retrying", entity.path, exc_info=True)
+                events = []
+                await self._release(wanted)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(30.0, 0.5 * 2**failures))
+                continue
+            await self._release(wanted - len(events))
+            if not events and entity.inflight:
+                # Nothing waiting: let the in-flight messages settle before asking again.
+                await self._settled_since(self._released, self.max_wait)
+            if events and lock_seconds is None:
+                locked_until = getattr(events[0].message, "locked_until_utc", None)
+                if locked_until is not None:
+                    lock_seconds = (locked_until - datetime.now(timezone.utc)).total_seconds()
+            for event in events:
+                task = asyncio.create_task(self._handle(entity, event))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+
+    async def _settled_since(self, mark: int, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until a message settles after ``mark`` or stop is asked."""
+        assert self._slots is not None
+        assert self._stop is not None
+        stop, slots = self._stop, self._slots
+        async with slots:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    slots.wait_for(lambda: stop.is_set() or self._released != mark), timeout
+                )
+
+    async def _release(self, count: int) -> None:
+        assert self._slots is not None
+        if count <= 0:
+            return
+        async with self._slots:
+            self._active -= count
+            self._released += 1
+            self._slots.notify_all()
+
+    async def _prune_loop(self) -> None:
+        assert self._stop is not None
+        stores = {id(r.store): r.store for r in self._runners}.values()
+        while not self._stop.is_set():
+            cutoff = retention_cutoff(datetime.now(timezone.utc), self.inbox_retention)
+            for store in stores:
+                try:
+                    pruned = await asyncio.to_thread(store.prune, cutoff)
+                    if pruned:
+                        log.info("pruned %d inbox row(s) from %r", pruned, store)
+                except Exception:
+                    log.warning("pruning the inbox of %r failed", store, exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.prune_interval)
+
+    # -- one message -----------------------------------------------------------------------
+
+    async def _handle(self, entity: _Entity, event: AsyncReceivedEvent[bytes]) -> None:
+        started = time.monotonic()
+        renewer = asyncio.create_task(self._renew(event))
+        context = _context(event, entity.path)
+        error: BaseException | None = None
+        outcome = Outcome.ABANDONED
+        try:
+            self._hook("before_handle", context)
+            try:
+                applied = await self._dispatch(entity, event, context)
+            except Exception as failure:
+                error = failure
+                decision = decide(
+                    failure,
+                    delivery_count=context.delivery_count,
+                    base_delay=self.backoff_base,
+                    max_delay=self.backoff_max,
+                )
+            else:
+                decision = Decision(Settle.COMPLETE)
+            outcome = await self._settle(entity, event, decision, applied=error is None and applied)
+        except asyncio.CancelledError:
+            # Shutdown deadline passed: give the message back rather than lose its lock slowly.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(event.abandon())
+            outcome = Outcome.ABANDONED
+            raise
+        except Exception as failure:
+            error = error or failure
+            outcome = Outcome.SETTLE_FAILED
+            log.warning("settling %s on %s failed", context.message_id, entity.path, exc_info=True)
+        finally:
+            renewer.cancel()
+            entity.inflight -= 1
+            self._hook("after_handle", context, outcome, error, time.monotonic() - started)
+            await self._release(1)
+
+    async def _settle(
+        self,
+        entity: _Entity,
+        event: AsyncReceivedEvent[bytes],
+        decision: Decision,
+        *,
+        applied: bool,
+    ) -> Outcome:
+        assert self._stop is not None
+        if decision.settle is Settle.COMPLETE:
+            async with entity.link.settling():
+                await event.complete()
+            return Outcome.COMPLETED if applied else Outcome.DUPLICATE
+        if decision.settle is Settle.DEAD_LETTER:
+            async with entity.link.settling():
+                await event.dead_letter(decision.reason or "HandlerFailed", decision.description)
+            return Outcome.DEAD_LETTERED
+        if decision.delay > 0:
+            # Back off before giving the message back; a shutdown cuts the wait short.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), decision.delay)
+        async with entity.link.settling():
+            await event.abandon()
+        return Outcome.ABANDONED
+
+    async def _renew(self, event: AsyncReceivedEvent[bytes]) -> None:
+        while True:
+            locked_until = getattr(event.message, "locked_until_utc", None)
+            await asyncio.sleep(renew_delay(locked_until, datetime.now(timezone.utc)))
+            try:
+                await event.renew_lock()
+            except Exception as failure:
+                log.warning("lost the lock of %s: %s", event.message_id, failure)
+                return
+
+    async def _dispatch(
+        self, entity: _Entity, event: AsyncReceivedEvent[bytes], context: EventContext
+    ) -> bool:
+        """Run every handler of the event; ``True`` when some projection applied it (or a
+        plain handler ran), ``False`` when every projection had already applied it."""
+        version = read_version(context.properties)
+        body = event.data  # raises the payload's typed error (missing blob, untrusted URL...)
+        routes = select_routes(entity.routes, context.event_type)
+        decoded: dict[tuple[type[Any], int], Any] = {}
+        applied = False
+        for route in routes:
+            target: _Target = route.target
+            key = (route.event_class, route.version)
+            if key not in decoded:
+                upcasters = {**self._upcasters, **target.upcasters}
+                decoded[key] = _decode(body, route, version, upcasters, event)
+            value = decoded[key]
+            if target.runner is not None:
+                runner = target.runner
+                done = await self._in_thread(
+                    runner.apply, target.function, value, context, tuple(self._middleware)
+                )
+                if done:
+                    applied = True
+                    lag = lag_seconds(context.enqueued_time, datetime.now(timezone.utc))
+                    self._hook("after_commit", context, runner.name, lag)
+                    if lag is not None:
+                        log.debug("projection %s lag %.3f s", runner.name, lag)
+            else:
+                applied = True
+                args = (value, context) if target.takes_context else (value,)
+                if inspect.iscoroutinefunction(target.function):
+                    await target.function(*args)
+                else:
+                    await self._in_thread(target.function, *args)
+        return applied
+
+    def _hook(self, name: str, *args: Any) -> None:
+        for middleware in self._middleware:
+            try:
+                getattr(middleware, name)(*args)
+            except Exception:  # observability must never fail a message
+                log.warning("middleware %r.%s failed", middleware, name, exc_info=True)
+
+
+def _context(event: AsyncReceivedEvent[bytes], entity: str) -> EventContext:
+    properties = dict(event.properties)
+    try:
+        version = read_version(properties)
+    except Exception:  # reported when dispatching; the context still describes the message
+        version = 0
+    message_id = event.message_id or f"sequence-{event.sequence_number}"
+    return EventContext(
+        message_id=message_id,
+        event_type=event.event_type,
+        event_version=version,
+        entity=entity,
+        delivery_count=event.delivery_count or 0,
+        enqueued_time=event.enqueued_time,
+        properties=properties,
+    )
+
+
+def _decode(
+    body: bytes,
+    route: Route,
+    version: int,
+    upcasters: Mapping[tuple[str, int], Upcaster],
+    event: AsyncReceivedEvent[bytes],
+) -> Any:
+    where = {"message_id": event.message_id, "entity": event.incoming.entity}
+    chain = upcast_chain(upcasters, route.event_type, version, route.version)
+    if not chain:
+        return deserialize(
+            body, route.event_class, content_type=event.incoming.content_type, **where
+        )
+    try:
+        document = parse_json(body)
+    except ValueError:
+        # Same words as deserialize uses for a non-JSON payload.
+        return deserialize(body, route.event_class, **where)
+    try:
+        upgraded = upcast(document, chain)
+    except Exception as failure:
+        raise InvalidEventError(
+            f"upcasting {route.event_type} v{version} to v{route.version} failed: "
+            f"{type(failure).__name__}: {str(failure)[:200]}",
+            **where,
+        ) from failure
+    import json
+
+    return deserialize(json.dumps(upgraded).encode(), route.event_class, **where)

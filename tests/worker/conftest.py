@@ -1,0 +1,58 @@
+"""Shared pieces of the worker tests: events, a ledger projection, entities of a test's own."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claimcheck_bus.worker import ProjectionStore
+
+# The tests import their shared kit (worker_testkit.py) from this folder.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from worker_testkit import open_store
+
+
+@pytest.fixture
+def make_queue(servicebus: Any) -> Callable[..., str]:
+    """Create a queue of this test's own with the given lock duration and max deliveries."""
+    from claimcheck_bus.emulator.config import EntityOptions, QueueConfig
+
+    def make(lock: float = 3.0, max_delivery_count: int = 10) -> str:
+        name = f"wq-{uuid.uuid4().hex[:12]}"
+        options = EntityOptions(
+            lock_duration=timedelta(seconds=lock), max_delivery_count=max_delivery_count
+        )
+        servicebus.call(lambda broker: broker.add_queue(QueueConfig(name, options)))
+        return name
+
+    return make
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(kind, location) of a fresh read model: an SQLite file, or a PostgreSQL DSN whose
+    ``search_path`` is a schema of this test's own."""
+    if request.param == "sqlite":
+        return "sqlite", str(tmp_path / "read.db")
+    dsn = request.getfixturevalue("postgres_dsn")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    return "postgres", f"{dsn} options='-c search_path={schema}'"
+
+
+@pytest.fixture
+def store(store_location: tuple[str, str]) -> Iterator[ProjectionStore]:
+    """A fresh read-model store (SQLite file or PostgreSQL schema), closed after the test."""
+    opened = open_store(*store_location)
+    yield opened
+    opened.close()
