@@ -36,7 +36,7 @@ test: setup lint
 
 # `make demo ARGS=--keep-running` leaves the stack up and prints its URLs.
 demo: setup
-	@echo "The order/billing demo lands with the worker (issue 5); until then, make test shows what works."
+	@$(PY) samples/demo.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The order/billing samples: an order API publishing ``OrderCreated`` and a billing worker."""

@@ -1,0 +1,1 @@
+"""The billing service: invoices from orders (worker), and the query API over them."""
