@@ -135,3 +135,23 @@ def test_a_failing_service_fails_the_demo_with_its_output_and_stops_the_rest() -
     addresses = _addresses(result.stdout)
     assert len(addresses) == 2, output  # Azurite and the emulator had started
     assert all(_refuses(a) for a in addresses), addresses
+
+
+def test_the_read_model_can_live_in_postgresql(postgres_dsn: str) -> None:
+    import psycopg
+
+    result = subprocess.run(
+        [*DEMO, "--billing-database", postgres_dsn],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    rows = [m.groups() for line in result.stdout.splitlines() if (m := ROW.match(line.strip()))]
+    assert len(rows) == 5, output
+    with psycopg.connect(postgres_dsn) as connection:
+        billed = {row[0] for row in connection.execute("SELECT order_id FROM invoices")}
+    assert {row[0] for row in rows} <= billed
