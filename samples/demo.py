@@ -30,7 +30,11 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
-from claimcheck_bus.testing.azurite import connection_string_for, find_azurite  # noqa: E402
+from claimcheck_bus.testing.azurite import (  # noqa: E402
+    azurite_command,
+    connection_string_for,
+    find_azurite,
+)
 
 START = time.monotonic()
 
@@ -238,19 +242,7 @@ def scenario(stack: Stack, workdir: Path, args: argparse.Namespace) -> None:
     (workdir / "azurite").mkdir()
     match = stack.start(
         "Azurite",
-        [
-            str(node),
-            str(main_js),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            "0",
-            "--location",
-            str(workdir / "azurite"),
-            "--skipApiVersionCheck",
-            "--loose",
-            "--disableTelemetry",
-        ],
+        azurite_command(node, main_js, workdir / "azurite"),
         r"Blob service successfully listens on (http://[\d.]+:\d+)",
         timeout=30,
     )

