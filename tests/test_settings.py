@@ -316,3 +316,31 @@ def test_env_var_names() -> None:
     assert env_var("claim_check.blob_storage.account_url") == (
         "CLAIMCHECK_CLAIM_CHECK__BLOB_STORAGE__ACCOUNT_URL"
     )
+
+
+def test_settings_debug_logging_shows_no_secret(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pydantic-settings logs the raw value of every source when asked to debug.
+    monkeypatch.setenv("PYDANTIC_SETTINGS_DEBUG", "1")
+    monkeypatch.setenv("CLAIMCHECK_SERVICE_BUS__CONNECTION_STRING", SB_CONN)
+    monkeypatch.setenv("CLAIMCHECK_CLAIM_CHECK__BLOB_STORAGE__CONNECTION_STRING", BLOB_CONN)
+    with caplog.at_level(logging.DEBUG):
+        BusSettings()
+    assert "claim_check" in caplog.text  # the debug output is there...
+    assert SB_KEY not in caplog.text  # ...without the keys
+    assert ACCOUNT_KEY not in caplog.text
+
+
+def test_redact_secrets() -> None:
+    from claimcheck_bus.settings import redact_secrets
+
+    assert redact_secrets(f"{SB_CONN};x") == (
+        "Endpoint=sb://contoso.servicebus.windows.net/;SharedAccessKeyName=send;"
+        "SharedAccessKey=REDACTED;x"
+    )
+    assert (
+        redact_secrets("https://a/c/b?sv=1&sig=abc%2B&se=2")
+        == "https://a/c/b?sv=1&sig=REDACTED&se=2"
+    )
+    assert ACCOUNT_KEY not in redact_secrets(BLOB_CONN)

@@ -16,6 +16,7 @@ The configuration folder is ``CLAIMCHECK_CONFIG_DIR`` (default: the working dire
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -37,6 +38,41 @@ DEFAULT_ENV = "development"
 #: Premium tier's largest message; a threshold above it could never be reached.
 MAX_THRESHOLD_KB = 100 * 1024
 _CONTAINER_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+# Values that authenticate on their own: connection-string keys and SAS tokens.
+_SECRET_VALUE = re.compile(
+    r"(?i)\b(SharedAccessKey|AccountKey|SharedAccessSignature|sig)=[^;&\s'\"]*"
+)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with connection-string keys and SAS signatures replaced by ``REDACTED``."""
+    return _SECRET_VALUE.sub(r"\1=REDACTED", text)
+
+
+class _RedactSecrets(logging.Filter):
+    """Renders a record and blanks secret values in it (never drops the record)."""
+
+    redacts_secrets = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_secrets(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def _install_log_redaction() -> None:
+    # With PYDANTIC_SETTINGS_DEBUG=1 and DEBUG logging, pydantic-settings logs every source's
+    # raw values, connection strings included, before they become SecretStr.
+    logger = logging.getLogger("pydantic_settings")
+    if not any(getattr(f, "redacts_secrets", False) for f in logger.filters):
+        logger.addFilter(_RedactSecrets())
+
+
+_install_log_redaction()
 
 
 def env_var(setting: str) -> str:
