@@ -64,6 +64,7 @@ class Child:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            step(f"{self.name} did not stop within {timeout:g} s; killing it")
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout)
         except ProcessLookupError:

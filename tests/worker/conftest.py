@@ -56,3 +56,14 @@ def store(store_location: tuple[str, str]) -> Iterator[ProjectionStore]:
     opened = open_store(*store_location)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def left_in(servicebus: Any) -> Callable[[str], int]:
+    """How many messages a queue still holds (active, locked or deferred), read from the
+    emulator's broker: unlike a receive, it opens no link that could time out under load."""
+
+    def count(queue: str) -> int:
+        return len(servicebus.call(lambda broker: broker.peek(queue, 1, 1000)))
+
+    return count
