@@ -475,8 +475,11 @@ def main(argv: list[str] | None = None) -> int:
         help="read model URL (default: SQLite in a temp folder; postgresql://... works)",
     )
     args = parser.parse_args(argv)
-    # SIGTERM to the demo stops the stack like Ctrl-C does.
+    # SIGTERM to the demo stops the stack like Ctrl-C does. Ctrl-C itself gets Python's default
+    # handler back: a job started in the background by a non-interactive shell (CI) inherits
+    # SIGINT as ignored, and the demo would then never stop.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = run(args)
     except DemoError as error:
