@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 from claimcheck_bus.events import deserialize
 from claimcheck_bus.payload_store import payload_metadata, sas_expiry
 from claimcheck_bus.publishing import Publication, PublishOptions, utc_now
-from claimcheck_bus.rehydration import Fetch, IncomingMessage, ReceivePolicy, incoming_from
+from claimcheck_bus.rehydration import IncomingMessage, ReceivePolicy, incoming_from, where
 from claimcheck_bus.settings import BusSettings
 from claimcheck_bus.wire import Route, choose_route, declares_claim_check, offload_limit
 
@@ -19,10 +19,10 @@ class BusCore:
     """Settings-driven decisions of a bus: routes, upload arguments, receive policy."""
 
     def __init__(
-        self, settings: BusSettings | None, *, has_store: bool, sas_limit: timedelta | None
+        self, settings: BusSettings, *, has_store: bool, sas_limit: timedelta | None
     ) -> None:
         """``sas_limit``: the longest SAS the store signs (``None``: no limit)."""
-        self.settings = settings if settings is not None else BusSettings()
+        self.settings = settings
         self.policy = ReceivePolicy.from_settings(self.settings.claim_check)
         self._has_store = has_store
         self._sas_limit = sas_limit
@@ -85,15 +85,6 @@ def publish_options(
         scheduled_enqueue_time=scheduled_enqueue_time,
         application_properties=application_properties or {},
     )
-
-
-def where(incoming: IncomingMessage, fetch: Fetch | None = None) -> dict[str, str | None]:
-    """The message id, entity and blob path an error names."""
-    return {
-        "message_id": incoming.message_id,
-        "entity": incoming.entity,
-        "blob_path": fetch.location.blob_path if fetch else None,
-    }
 
 
 def decode(incoming: IncomingMessage, payload: bytes, as_type: type[T]) -> T:

@@ -19,7 +19,7 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBu
 from azure.servicebus.exceptions import MessageSizeExceededError
 
 from claimcheck_bus import _sdk
-from claimcheck_bus._core import BusCore, EventView, decode, publish_options, where
+from claimcheck_bus._core import BusCore, EventView, decode, publish_options
 from claimcheck_bus.entities import Entity, default_async_credential, resolve_entity
 from claimcheck_bus.errors import BatchPublishError, PayloadAccessDeniedError
 from claimcheck_bus.payload_download import AsyncPayloadDownloader, DownloadPolicy
@@ -33,6 +33,7 @@ from claimcheck_bus.rehydration import (
     may_read_with_credentials,
     plan,
     verify_payload,
+    where,
 )
 from claimcheck_bus.settings import BusSettings, ClaimCheckSettings
 from claimcheck_bus.wire import Route

@@ -159,23 +159,28 @@ def may_read_with_credentials(fetch: Fetch, policy: ReceivePolicy) -> bool:
     return policy.own is not None and fetch.location.endpoint == policy.own
 
 
+def where(incoming: IncomingMessage, fetch: Fetch | None = None) -> dict[str, str | None]:
+    """The message id, entity and blob path an error about ``incoming`` names."""
+    return {
+        "message_id": incoming.message_id,
+        "entity": incoming.entity,
+        "blob_path": fetch.location.blob_path if fetch else None,
+    }
+
+
 def verify_payload(
     data: bytes, fetch: Fetch, policy: ReceivePolicy, incoming: IncomingMessage
 ) -> None:
     """The checks a download makes, for bytes read another way (the store's credentials)."""
-    where = {
-        "message_id": incoming.message_id,
-        "entity": incoming.entity,
-        "blob_path": fetch.location.blob_path,
-    }
+    names = where(incoming, fetch)
     if len(data) > policy.max_bytes:
         raise PayloadTooLargeError(
             f"payload is {len(data)} bytes, above the receiver's limit of {policy.max_bytes}",
-            **where,
+            **names,
         )
     expected = fetch.ref.sha256
     if expected and hashlib.sha256(data).hexdigest() != expected.lower():
-        raise PayloadIntegrityError("payload does not match its ClaimCheckSha256", **where)
+        raise PayloadIntegrityError("payload does not match its ClaimCheckSha256", **names)
 
 
 def decode_content(
