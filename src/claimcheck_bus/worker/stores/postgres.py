@@ -62,7 +62,9 @@ class PostgresProjectionStore(ProjectionStore):
         """Close the idle connections (busy ones close when returned)."""
         with self._lock:
             idle, self._idle = self._idle, []
+            self._count -= len(idle)
             self._opened = False
+            self._lock.notify_all()
         for connection in idle:
             connection.close()
 
