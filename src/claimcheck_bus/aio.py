@@ -296,7 +296,12 @@ class AsyncClaimCheckBus:
             AsyncReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages
         ]
         if prefetch:
-            await asyncio.gather(*(event.load(raise_errors=False) for event in events))
+            # Inline payloads decode without waiting: only fetches are worth a task each.
+            fetches = [event for event in events if event.is_claim_check]
+            for event in events:
+                if not event.is_claim_check:
+                    await event.load(raise_errors=False)
+            await asyncio.gather(*(event.load(raise_errors=False) for event in fetches))
         return events
 
     async def receive_deferred(
