@@ -36,6 +36,7 @@ from claimcheck_bus.worker.dispatch import (
     read_version,
     receive_batch,
     receive_wait,
+    refill_size,
     renew_delay,
     retention_cutoff,
     select_routes,
@@ -203,6 +204,18 @@ def test_receive_batch_fits_free_slots_and_the_lock() -> None:
     assert receive_batch(8, lock_seconds=None, handler_seconds=0) == 8
     assert receive_batch(8, lock_seconds=30, handler_seconds=10) == 3
     assert receive_batch(8, lock_seconds=5, handler_seconds=60) == 1
+    assert receive_batch(8, lock_seconds=None, handler_seconds=0, most=3) == 3
+    assert receive_batch(2, lock_seconds=None, handler_seconds=0, most=3) == 2
+    assert receive_batch(8, lock_seconds=30, handler_seconds=10, most=2) == 2
+
+
+@given(st.integers(1, 10_000), st.floats(0.01, 1.0))
+def test_refill_size_leaves_room_for_the_next_batch(capacity: int, refill: float) -> None:
+    size = refill_size(capacity, refill)
+    assert 1 <= size <= capacity
+    # Once a batch is received, the next one is asked for when another batch's worth is free.
+    assert should_receive(size, capacity, inflight=capacity - size, refill=refill)
+    assert not should_receive(size - 1, capacity, inflight=capacity, refill=refill)
 
 
 def test_percentile() -> None:

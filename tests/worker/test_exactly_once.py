@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from worker_testkit import (
+    BatchLedgerProjection,
     LedgerProjection,
     OrderCreated,
     fast_worker,
@@ -181,3 +182,38 @@ async def test_many_events_with_claim_checks_each_applied_once(
     assert len(rows) == 60
     assert sum(row[1] for row in rows) == sum(range(60))
     assert len({uuid.UUID(r.message_id) for r in receipts}) == store.processed("ledger")
+
+
+async def test_a_batch_handler_applies_each_event_once_and_isolates_a_failure(
+    bus_settings: BusSettings,
+    store: ProjectionStore,
+    make_queue: Callable[..., str],
+) -> None:
+    """A batch projection (one ``executemany`` per batch) through the worker: a duplicate
+    publish is applied once, and the one event its handler refuses is retried alone until
+    the entity's max delivery count dead-letters it, while the rest commit."""
+    queue = make_queue(max_delivery_count=2)
+    projection = BatchLedgerProjection()
+    metrics = MetricsMiddleware(use_otel=False)
+    worker = fast_worker(bus_settings)
+    worker.add_projection(projection, store=store, queue=queue)
+    worker.use(metrics)
+    events = [OrderCreated(OrderId=f"o-{i:02}", Amount=-1 if i == 7 else i) for i in range(30)]
+    async with AsyncClaimCheckBus(bus_settings) as bus:
+        await bus.publish_batch(events, queue=queue)
+        await bus.publish(events[3], queue=queue, message_id="dup")
+        await bus.publish(events[3], queue=queue, message_id="dup")
+        async with running(worker):
+            await settled(metrics, Outcome.COMPLETED, 30)  # 29 good ones and the first "dup"
+            await settled(metrics, Outcome.DUPLICATE, 1)
+            await settled(metrics, Outcome.ABANDONED, 2)  # o-07, delivered twice
+        dead = await bus.receive(bytes, queue=queue, dead_letter=True, max_messages=5, max_wait=5)
+        assert [event.data for event in dead] == [events[7].model_dump_json().encode()]
+        for event in dead:
+            await event.complete()
+    rows = ledger(store)
+    assert sorted(row[0] for row in rows) == sorted(
+        [f"o-{i:02}" for i in range(30) if i != 7] + ["o-03"]
+    )
+    assert store.processed("ledger") == 30
+    assert any(len(call) > 1 for call in projection.calls)  # the events did travel in batches

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timezone
 
+import pytest
 from worker_testkit import open_store
 
-from claimcheck_bus.worker import PostgresProjectionStore
+from claimcheck_bus.worker import PostgresProjectionStore, ProjectionStore
+
+
+@pytest.mark.parametrize("size", [0, 1, 5])
+def test_claim_batch_returns_only_new_ids(store: ProjectionStore, size: int) -> None:
+    store.open()
+    now = datetime.now(timezone.utc)
+    ids = [f"m-{i}" for i in range(size)]
+    with store.transaction() as db:
+        assert store.claim_batch(db, "p", ids, now) == set(ids)
+        assert store.claim_batch(db, "p", [*ids, "new"], now) == {"new"}
+        assert store.claim_batch(db, "q", ids, now) == set(ids)  # another projection's inbox
+    assert store.processed("p") == size + 1
 
 
 def test_a_closed_store_opens_again(store_location: tuple[str, str]) -> None:

@@ -62,6 +62,30 @@ class LedgerProjection(Projection):
         )
 
 
+class BatchLedgerProjection(LedgerProjection):
+    """The ledger written with one ``executemany`` per batch; ``calls`` records each batch's
+    order ids, so a test can see how events were grouped."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    @handles(OrderCreated, batch=True)
+    def on_created(  # type: ignore[override]
+        self, events: list[OrderCreated], db: Any, contexts: list[EventContext]
+    ) -> None:
+        self.calls.append([event.OrderId for event in events])
+        p = placeholder(db)
+        db.cursor().executemany(
+            f"INSERT INTO ledger (order_id, amount, delivery_count) VALUES ({p}, {p}, {p})",  # noqa: S608
+            [
+                (e.OrderId, e.Amount, c.delivery_count)
+                for e, c in zip(events, contexts, strict=True)
+            ],
+        )
+        if any(event.Amount < 0 for event in events):
+            raise ValueError("a negative amount")
+
+
 def placeholder(db: Any) -> str:
     """``?`` for sqlite3 connections, ``%s`` for psycopg ones."""
     return "?" if type(db).__module__ == "sqlite3" else "%s"

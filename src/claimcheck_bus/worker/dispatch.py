@@ -7,6 +7,7 @@ The worker only moves messages; every choice it makes about one is a function he
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -235,29 +236,46 @@ def retention_cutoff(now: datetime, retention: timedelta) -> datetime:
     return now - retention
 
 
-def receive_batch(free_slots: int, *, lock_seconds: float | None, handler_seconds: float) -> int:
+def refill_size(capacity: int, refill: float) -> int:
+    """The most messages one receive takes: a ``refill`` share of the worker's capacity.
+
+    Below the whole capacity, the next batch is received while the previous one is still
+    being handled, so the link and the read model are busy at the same time.
+    """
+    return max(1, math.ceil(capacity * refill))
+
+
+def receive_batch(
+    free_slots: int,
+    *,
+    lock_seconds: float | None,
+    handler_seconds: float,
+    most: int | None = None,
+) -> int:
     """How many messages to take in one receive (the worker's prefetch).
 
     Never more than free handler slots, so no received message waits for a slot while its lock
-    runs; and, when handlers are known to be slow, no more than one lock duration of work, so
-    a crash leaves few messages locked until their locks expire.
+    runs, nor more than ``most`` (see :func:`refill_size`); and, when handlers are known to be
+    slow, no more than one lock duration of work, so a crash leaves few messages locked until
+    their locks expire.
     """
     if free_slots <= 0:
         return 0
+    wanted = free_slots if most is None else max(1, min(free_slots, most))
     if lock_seconds is None or handler_seconds <= 0:
-        return free_slots
-    return max(1, min(free_slots, int(lock_seconds / handler_seconds)))
+        return wanted
+    return max(1, min(wanted, int(lock_seconds / handler_seconds)))
 
 
 def should_receive(free_slots: int, capacity: int, *, inflight: int, refill: float) -> bool:
     """Whether to receive now: when the entity has nothing in flight and a slot is free, or
-    once ``refill`` of the worker's capacity is free (batched receives amortise the round trip
-    and keep the link free for settlements in between)."""
+    once a :func:`refill_size` batch fits (batched receives amortise the round trip and keep
+    the link free for settlements in between)."""
     if free_slots <= 0:
         return False
     if inflight == 0:
         return True
-    return free_slots >= max(1, int(capacity * refill))
+    return free_slots >= refill_size(capacity, refill)
 
 
 #: Seconds a receive may wait while its link opens (the SDK counts the open against the wait).

@@ -24,24 +24,37 @@ _MARK = "__claimcheck_handles__"
 
 @dataclass(frozen=True)
 class Handles:
-    """What one ``@handles`` declares: the wire event type, its version and its class."""
+    """What one ``@handles`` declares: the wire event type, its version, its class, and
+    whether the handler takes a batch."""
 
     event_type: str
     version: int
     event_class: type[Any]
+    batch: bool = False
 
 
 def handles(
-    event_class: type[Any], *, version: int | None = None, event_type: str | None = None
+    event_class: type[Any],
+    *,
+    version: int | None = None,
+    event_type: str | None = None,
+    batch: bool = False,
 ) -> Callable[[F], F]:
     """Mark a method as the handler of ``event_class`` events.
 
     ``event_type`` defaults to what ``publish`` writes (``__event_type__`` or the class name);
     ``version`` to the class's ``__event_version__`` (or 1). Older versions reach the handler
     through the projection's upcasters.
+
+    With ``batch=True`` the method takes ``(events, db, contexts)``: the lists of consecutive
+    events of the type that one transaction applies, for one ``executemany`` instead of a
+    statement per event. When it raises, each event is retried alone, to find the one at fault.
     """
     declared = Handles(
-        event_type_of(event_class, event_type), event_version_of(event_class, version), event_class
+        event_type_of(event_class, event_type),
+        event_version_of(event_class, version),
+        event_class,
+        batch,
     )
 
     def mark(function: F) -> F:
@@ -90,6 +103,26 @@ class Projection:
         """Empty this projection's tables (the runner also clears its inbox rows)."""
 
 
+@dataclass(frozen=True)
+class Pending:
+    """One event waiting to be applied: the handler to call, the decoded event, its context."""
+
+    handler: Callable[..., Any]
+    event: Any
+    context: EventContext
+    batch: bool = False
+    """The handler takes lists: ``handler(events, db, contexts)``."""
+
+
+class _EventFailed(Exception):
+    """Inside a batch's transaction: the event at ``index`` raised ``error``."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
 class ProjectionRunner:
     """Applies events to one projection in one store, exactly once per message id."""
 
@@ -120,14 +153,83 @@ class ProjectionRunner:
 
         Returns ``False`` (and changes nothing) when this projection already applied it.
         """
+        [outcome] = self.apply_batch([Pending(handler, event, context)], middleware, now)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def apply_batch(
+        self,
+        batch: Sequence[Pending],
+        middleware: Sequence[Middleware] = (),
+        now: Callable[[], datetime] | None = None,
+    ) -> list[bool | Exception]:
+        """Apply ``batch`` in as few transactions as possible (one when nothing fails).
+
+        Each event's outcome, in order: ``True`` applied, ``False`` already applied (a
+        duplicate, also within the batch), or the exception its handler (or a
+        ``before_commit`` hook) raised, with none of its writes kept. A failing event is
+        taken out and the rest retried together; a failure no one event owns (the inbox
+        insert, the commit, a batch handler) has each event retried alone, so one bad event
+        never fails the others. Handlers must therefore expect to run again after a
+        rollback, as they must for a redelivery.
+        """
         clock = now or _utc_now
+        outcomes: list[bool | Exception | None] = [None] * len(batch)
+        remaining = list(range(len(batch)))
+        while remaining:
+            try:
+                applied = self._transaction(batch, remaining, middleware, clock())
+            except _EventFailed as failed:
+                outcomes[failed.index] = failed.error
+                remaining.remove(failed.index)
+                continue
+            except Exception as error:
+                if len(remaining) == 1:
+                    outcomes[remaining[0]] = error
+                else:
+                    for index in remaining:
+                        [outcomes[index]] = self.apply_batch([batch[index]], middleware, now)
+                break
+            for index in remaining:
+                outcomes[index] = index in applied
+            break
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _transaction(
+        self,
+        batch: Sequence[Pending],
+        indices: Sequence[int],
+        middleware: Sequence[Middleware],
+        when: datetime,
+    ) -> set[int]:
+        """One transaction applying ``batch[indices]``; the indices it applied (the others
+        were applied before, or earlier in this batch)."""
         with self.store.transaction() as db:
-            if not self.store.claim(db, self.name, context.message_id, clock()):
-                return False
-            handler(event, db, context)
-            for hook in middleware:
-                hook.before_commit(context, self.name)
-        return True
+            ids = [batch[index].context.message_id for index in indices]
+            claimed = self.store.claim_batch(db, self.name, list(dict.fromkeys(ids)), when)
+            fresh = []
+            for index, message_id in zip(indices, ids, strict=True):
+                if message_id in claimed:
+                    claimed.discard(message_id)
+                    fresh.append(index)
+            for run in _runs(batch, fresh):
+                first = batch[run[0]]
+                try:
+                    if first.batch:
+                        first.handler(
+                            [batch[i].event for i in run], db, [batch[i].context for i in run]
+                        )
+                    else:
+                        first.handler(first.event, db, first.context)
+                    for index in run:
+                        for hook in middleware:
+                            hook.before_commit(batch[index].context, self.name)
+                except Exception as error:
+                    if len(run) > 1:
+                        raise  # a batch handler: no one event is known to be at fault
+                    raise _EventFailed(run[0], error) from error
+        return set(fresh)
 
     def reset(self) -> None:
         """Truncate the projection's tables and its inbox rows, for a rebuild from replay."""
@@ -135,6 +237,21 @@ class ProjectionRunner:
         with self.store.transaction() as db:
             self.projection.reset(db)
             self.store.clear_inbox(db, self.name)
+
+
+def _runs(batch: Sequence[Pending], indices: Sequence[int]) -> list[list[int]]:
+    """``indices`` in order, grouped into handler calls: consecutive events for the same batch
+    handler together, every other event alone."""
+    runs: list[list[int]] = []
+    for index in indices:
+        pending = batch[index]
+        if runs and pending.batch:
+            previous = batch[runs[-1][0]]
+            if previous.batch and previous.handler == pending.handler:
+                runs[-1].append(index)
+                continue
+        runs.append([index])
+    return runs
 
 
 def reset_projection(projection: Projection, store: ProjectionStore) -> None:

@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -34,15 +34,23 @@ from claimcheck_bus.worker.dispatch import (
     read_version,
     receive_batch,
     receive_wait,
-    renew_delay,
+    refill_size,
     retention_cutoff,
     select_routes,
     should_receive,
     upcast,
     upcast_chain,
 )
+from claimcheck_bus.worker.group_commit import GroupCommit
+from claimcheck_bus.worker.link_turns import LinkTurns
+from claimcheck_bus.worker.lock_renewal import LockRenewal
 from claimcheck_bus.worker.middleware import Middleware, Outcome
-from claimcheck_bus.worker.projection import Projection, ProjectionRunner, declared_handlers
+from claimcheck_bus.worker.projection import (
+    Pending,
+    Projection,
+    ProjectionRunner,
+    declared_handlers,
+)
 from claimcheck_bus.worker.stores.base import ProjectionStore
 
 log = logging.getLogger("claimcheck_bus.worker")
@@ -57,49 +65,7 @@ class _Target:
     runner: ProjectionRunner | None = None
     upcasters: Mapping[tuple[str, int], Upcaster] = field(default_factory=dict)
     takes_context: bool = True
-
-
-class _LinkTurns:
-    """Settlements share the link with each other; a receive has it alone, and waits for the
-    settlements queued before it (they are few: at most the messages in flight)."""
-
-    def __init__(self) -> None:
-        self._turn = asyncio.Condition()
-        self._settling = 0
-        self._settle_waiting = 0
-        self._receiving = False
-
-    @contextlib.asynccontextmanager
-    async def settling(self) -> AsyncIterator[None]:
-        """Hold a shared turn for one settlement."""
-        async with self._turn:
-            self._settle_waiting += 1
-            try:
-                await self._turn.wait_for(lambda: not self._receiving)
-            finally:
-                self._settle_waiting -= 1
-            self._settling += 1
-        try:
-            yield
-        finally:
-            async with self._turn:
-                self._settling -= 1
-                self._turn.notify_all()
-
-    @contextlib.asynccontextmanager
-    async def receiving(self) -> AsyncIterator[None]:
-        """Hold the link alone for one receive."""
-        async with self._turn:
-            await self._turn.wait_for(
-                lambda: not self._receiving and not self._settling and not self._settle_waiting
-            )
-            self._receiving = True
-        try:
-            yield
-        finally:
-            async with self._turn:
-                self._receiving = False
-                self._turn.notify_all()
+    batch: bool = False
 
 
 @dataclass
@@ -111,9 +77,12 @@ class _Entity:
     subscription: str | None
     routes: list[Route] = field(default_factory=list)
     inflight: int = 0
-    link: _LinkTurns = field(default_factory=lambda: _LinkTurns())
-    """Receives and settlements take turns on the link: the SDK's settlements crawl while a
-    receive is in flight on it (see ``dispatch.receive_wait``)."""
+    link: LinkTurns = field(default_factory=LinkTurns)
+    """Receives and settlements take turns on the link (see ``link_turns``)."""
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the receive loop may have something to do: slots freed, or stop asked."""
+    awaiting_settlement: bool = False
+    """The receive loop found nothing and waits for any of its messages to settle."""
 
     @property
     def path(self) -> str:
@@ -128,7 +97,9 @@ class Worker:
 
     Projections get exactly-once effects through their store's inbox; plain handlers get
     at-least-once delivery. ``max_concurrency`` bounds the messages in flight across all
-    entities; handlers run in threads so lock renewal keeps going while they compute.
+    entities. A projection's events are applied in batches of at most ``max_batch_size``,
+    one transaction each (see ``group_commit``); handlers run in threads so lock renewal
+    keeps going while they compute.
     """
 
     def __init__(
@@ -136,7 +107,7 @@ class Worker:
         settings: BusSettings | None = None,
         *,
         credential: Any = None,
-        max_concurrency: int = 8,
+        max_concurrency: int = 64,
         shutdown_timeout: float = 30.0,
         inbox_retention: timedelta = timedelta(days=7),
         prune_interval: float = 3600.0,
@@ -145,9 +116,12 @@ class Worker:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         refill_fraction: float = 0.5,
+        max_batch_size: int = 64,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
         retention_cutoff(datetime.now(timezone.utc), inbox_retention)  # validates it
         self.settings = settings if settings is not None else BusSettings()
         self.max_concurrency = max_concurrency
@@ -159,19 +133,19 @@ class Worker:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.refill_fraction = refill_fraction
+        self.max_batch_size = max_batch_size
         self._credential = credential
         self._entities: dict[tuple[str | None, str | None, str | None], _Entity] = {}
         self._runners: list[ProjectionRunner] = []
+        self._commits: dict[int, GroupCommit] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
         self._middleware: list[Middleware] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stop_requested = threading.Event()
         self._active = 0
-        self._slots: asyncio.Condition | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._handlers_running = 0
-        self._released = 0
         self._counter_lock = threading.Lock()
 
     # -- registration ----------------------------------------------------------------------
@@ -209,7 +183,7 @@ class Worker:
             raise ValueError(f"projection {runner.name!r} has no @handles methods")
         entity = self._entity(queue, topic, subscription)
         for declared, function in handlers:
-            target = _Target(function, runner, dict(projection.upcasters))
+            target = _Target(function, runner, dict(projection.upcasters), batch=declared.batch)
             entity.routes.append(
                 Route(declared.event_type, declared.version, declared.event_class, target)
             )
@@ -288,12 +262,21 @@ class Worker:
         self._stop = stop if stop is not None else asyncio.Event()
         if self._stop_requested.is_set():
             self._stop.set()
-        self._slots = asyncio.Condition()
         self._active = 0
         for entity in self._entities.values():  # asyncio primitives belong to one loop
-            entity.link, entity.inflight = _LinkTurns(), 0
+            entity.link, entity.wake, entity.inflight = LinkTurns(), asyncio.Event(), 0
         for runner in self._runners:
             await asyncio.to_thread(runner.start)
+        self._commits = {
+            id(runner): GroupCommit(
+                runner,
+                self._in_thread,
+                self._middleware,
+                max_batch_size=self.max_batch_size,
+                concurrency=min(runner.store.concurrent_transactions, self.max_concurrency),
+            )
+            for runner in self._runners
+        }
         inflight: set[asyncio.Task[None]] = set()
         try:
             async with AsyncClaimCheckBus(self.settings, credential=self._credential) as bus:
@@ -352,10 +335,9 @@ class Worker:
 
     async def _wake_on_stop(self) -> None:
         assert self._stop is not None
-        assert self._slots is not None
         await self._stop.wait()
-        async with self._slots:
-            self._slots.notify_all()
+        for entity in self._entities.values():
+            entity.wake.set()
 
     async def _drain(self, inflight: set[asyncio.Task[None]]) -> None:
         """Let in-flight messages finish within the deadline; abandon the rest."""
@@ -374,35 +356,27 @@ class Worker:
         self, bus: AsyncClaimCheckBus, entity: _Entity, inflight: set[asyncio.Task[None]]
     ) -> None:
         assert self._stop is not None
-        assert self._slots is not None
-        stop, slots = self._stop, self._slots
+        stop = self._stop
         failures = 0
         linked = False
         lock_seconds: float | None = None  # learnt from the first messages' lock expiry
         while not stop.is_set():
-            async with slots:
-                # Refill in batches: many one-message receives cost more than they save.
-                await slots.wait_for(
-                    lambda: (
-                        stop.is_set()
-                        or should_receive(
-                            self.max_concurrency - self._active,
-                            self.max_concurrency,
-                            inflight=entity.inflight,
-                            refill=self.refill_fraction,
-                        )
-                    )
-                )
-                if stop.is_set():
-                    return
-                wanted = receive_batch(
-                    self.max_concurrency - self._active,
-                    lock_seconds=lock_seconds,
-                    handler_seconds=self.expected_handler_seconds,
-                )
-                self._active += wanted  # reserve the slots while receiving
+            # Refill in batches: many one-message receives cost more than they save.
+            while not (stop.is_set() or self._may_receive(entity)):
+                entity.wake.clear()
+                await entity.wake.wait()
+            if stop.is_set():
+                return
+            wanted = receive_batch(
+                self.max_concurrency - self._active,
+                lock_seconds=lock_seconds,
+                handler_seconds=self.expected_handler_seconds,
+                most=refill_size(self.max_concurrency, self.refill_fraction),
+            )
+            self._active += wanted  # reserve the slots while receiving
             try:
-                async with entity.link.receiving():
+                await entity.link.begin_receiving()
+                try:
                     events = await bus.receive(
                         bytes,
                         queue=entity.queue,
@@ -413,6 +387,8 @@ class Worker:
                             self.max_wait, inflight=entity.inflight, linked=linked
                         ),
                     )
+                finally:
+                    entity.link.end_receiving()
                 entity.inflight += len(events)
                 failures = 0
                 linked = True
@@ -420,43 +396,50 @@ class Worker:
                 failures += 1
                 linked = False
                 log.warning("receiving from %s failed; retrying", entity.path, exc_info=True)
-                events = []
-                await self._release(wanted)
+                self._release(wanted)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), min(30.0, 0.5 * 2**failures))
                 continue
-            await self._release(wanted - len(events))
+            self._release(wanted - len(events))
             if not events and entity.inflight:
                 # Nothing waiting: let the in-flight messages settle before asking again.
-                await self._settled_since(self._released, self.max_wait)
+                await self._next_settlement(entity, self.max_wait)
             if events and lock_seconds is None:
                 locked_until = getattr(events[0].message, "locked_until_utc", None)
                 if locked_until is not None:
                     lock_seconds = (locked_until - datetime.now(timezone.utc)).total_seconds()
+            renewal = LockRenewal(events)
             for event in events:
-                task = asyncio.create_task(self._handle(entity, event))
+                task = asyncio.create_task(self._handle(entity, event, renewal))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
 
-    async def _settled_since(self, mark: int, timeout: float) -> None:
-        """Wait (at most ``timeout`` s) until a message settles after ``mark`` or stop is asked."""
-        assert self._slots is not None
-        assert self._stop is not None
-        stop, slots = self._stop, self._slots
-        async with slots:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    slots.wait_for(lambda: stop.is_set() or self._released != mark), timeout
-                )
+    def _may_receive(self, entity: _Entity) -> bool:
+        return should_receive(
+            self.max_concurrency - self._active,
+            self.max_concurrency,
+            inflight=entity.inflight,
+            refill=self.refill_fraction,
+        )
 
-    async def _release(self, count: int) -> None:
-        assert self._slots is not None
+    async def _next_settlement(self, entity: _Entity, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until a message settles or stop is asked."""
+        entity.awaiting_settlement = True
+        entity.wake.clear()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entity.wake.wait(), timeout)
+        finally:
+            entity.awaiting_settlement = False
+
+    def _release(self, count: int) -> None:
+        """Free ``count`` slots and wake the receive loops that may now receive."""
         if count <= 0:
             return
-        async with self._slots:
-            self._active -= count
-            self._released += 1
-            self._slots.notify_all()
+        self._active -= count
+        for entity in self._entities.values():
+            if entity.awaiting_settlement or self._may_receive(entity):
+                entity.wake.set()
 
     async def _prune_loop(self) -> None:
         assert self._stop is not None
@@ -475,9 +458,10 @@ class Worker:
 
     # -- one message -----------------------------------------------------------------------
 
-    async def _handle(self, entity: _Entity, event: AsyncReceivedEvent[bytes]) -> None:
+    async def _handle(
+        self, entity: _Entity, event: AsyncReceivedEvent[bytes], renewal: LockRenewal
+    ) -> None:
         started = time.monotonic()
-        renewer = asyncio.create_task(self._renew(event))
         context = _context(event, entity.path)
         error: BaseException | None = None
         outcome = Outcome.ABANDONED
@@ -507,10 +491,10 @@ class Worker:
             outcome = Outcome.SETTLE_FAILED
             log.warning("settling %s on %s failed", context.message_id, entity.path, exc_info=True)
         finally:
-            renewer.cancel()
+            renewal.release(event)
             entity.inflight -= 1
             self._hook("after_handle", context, outcome, error, time.monotonic() - started)
-            await self._release(1)
+            self._release(1)
 
     async def _settle(
         self,
@@ -521,31 +505,22 @@ class Worker:
         applied: bool,
     ) -> Outcome:
         assert self._stop is not None
-        if decision.settle is Settle.COMPLETE:
-            async with entity.link.settling():
-                await event.complete()
-            return Outcome.COMPLETED if applied else Outcome.DUPLICATE
-        if decision.settle is Settle.DEAD_LETTER:
-            async with entity.link.settling():
-                await event.dead_letter(decision.reason or "HandlerFailed", decision.description)
-            return Outcome.DEAD_LETTERED
-        if decision.delay > 0:
+        if decision.settle is Settle.ABANDON and decision.delay > 0:
             # Back off before giving the message back; a shutdown cuts the wait short.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), decision.delay)
-        async with entity.link.settling():
+        await entity.link.begin_settling()
+        try:
+            if decision.settle is Settle.COMPLETE:
+                await event.complete()
+                return Outcome.COMPLETED if applied else Outcome.DUPLICATE
+            if decision.settle is Settle.DEAD_LETTER:
+                await event.dead_letter(decision.reason or "HandlerFailed", decision.description)
+                return Outcome.DEAD_LETTERED
             await event.abandon()
-        return Outcome.ABANDONED
-
-    async def _renew(self, event: AsyncReceivedEvent[bytes]) -> None:
-        while True:
-            locked_until = getattr(event.message, "locked_until_utc", None)
-            await asyncio.sleep(renew_delay(locked_until, datetime.now(timezone.utc)))
-            try:
-                await event.renew_lock()
-            except Exception as failure:
-                log.warning("lost the lock of %s: %s", event.message_id, failure)
-                return
+            return Outcome.ABANDONED
+        finally:
+            entity.link.end_settling()
 
     async def _dispatch(
         self, entity: _Entity, event: AsyncReceivedEvent[bytes], context: EventContext
@@ -566,15 +541,16 @@ class Worker:
             value = decoded[key]
             if target.runner is not None:
                 runner = target.runner
-                done = await self._in_thread(
-                    runner.apply, target.function, value, context, tuple(self._middleware)
+                done = await self._commits[id(runner)].apply(
+                    Pending(target.function, value, context, target.batch)
                 )
                 if done:
                     applied = True
-                    lag = lag_seconds(context.enqueued_time, datetime.now(timezone.utc))
-                    self._hook("after_commit", context, runner.name, lag)
-                    if lag is not None:
-                        log.debug("projection %s lag %.3f s", runner.name, lag)
+                    if self._middleware or log.isEnabledFor(logging.DEBUG):
+                        lag = lag_seconds(context.enqueued_time, datetime.now(timezone.utc))
+                        self._hook("after_commit", context, runner.name, lag)
+                        if lag is not None:
+                            log.debug("projection %s lag %.3f s", runner.name, lag)
             else:
                 applied = True
                 args = (value, context) if target.takes_context else (value,)

@@ -7,6 +7,7 @@ database, so a redelivered message is a no-op and a crash never applies half an 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,9 @@ class ProjectionStore(ABC):
 
     #: The DB-API parameter placeholder of this store's connections (``?`` or ``%s``).
     placeholder: str = "?"
+
+    #: How many transactions the store runs at once (SQLite: one writer).
+    concurrent_transactions: int = 1
 
     @abstractmethod
     def open(self) -> None:
@@ -36,6 +40,13 @@ class ProjectionStore(ABC):
     @abstractmethod
     def claim(self, db: Any, projection: str, message_id: str, now: datetime) -> bool:
         """Insert the inbox row in ``db``'s transaction; ``False`` when it was already there."""
+
+    def claim_batch(
+        self, db: Any, projection: str, message_ids: Sequence[str], now: datetime
+    ) -> set[str]:
+        """Insert the inbox rows of distinct ``message_ids`` in ``db``'s transaction; the ids
+        that were not there yet. Stores with a round trip per statement do it in one."""
+        return {m for m in message_ids if self.claim(db, projection, m, now)}
 
     @abstractmethod
     def prune(self, cutoff: datetime) -> int:

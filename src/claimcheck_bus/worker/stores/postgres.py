@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,7 @@ class PostgresProjectionStore(ProjectionStore):
     def __init__(self, conninfo: str, *, max_connections: int = 16) -> None:
         self._conninfo = conninfo
         self._max = max_connections
+        self.concurrent_transactions = max_connections
         self._idle: list[Any] = []
         self._count = 0
         self._lock = threading.Condition()
@@ -110,6 +111,24 @@ class PostgresProjectionStore(ProjectionStore):
             (projection, message_id, now),
         )
         return bool(cursor.rowcount == 1)
+
+    def claim_batch(
+        self, db: Any, projection: str, message_ids: Sequence[str], now: datetime
+    ) -> set[str]:
+        """Insert every inbox row in one statement; the ids that were not there yet.
+
+        The rows go in message id order, so two workers claiming overlapping batches lock
+        them in the same order and never deadlock on each other.
+        """
+        if not message_ids:
+            return set()
+        cursor = db.execute(
+            f"INSERT INTO {INBOX_TABLE} (projection, message_id, processed_at)"  # noqa: S608 (a constant table name)
+            " SELECT %s, message_id, %s FROM unnest(%s::text[]) AS claimed (message_id)"
+            " ORDER BY message_id ON CONFLICT DO NOTHING RETURNING message_id",
+            (projection, now, sorted(message_ids)),
+        )
+        return {row[0] for row in cursor.fetchall()}
 
     def prune(self, cutoff: datetime) -> int:
         """Delete inbox rows older than ``cutoff``."""
