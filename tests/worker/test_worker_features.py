@@ -344,3 +344,48 @@ async def test_lock_renewal_outlasts_cpu_heavy_handlers(
     assert dict(metrics.outcomes) == {"completed": 3}
     assert ledger(store) == [("o-0", 0, 0), ("o-1", 1, 0), ("o-2", 2, 0)]
     store.close()
+
+
+async def test_metrics_reach_opentelemetry(
+    bus_settings: BusSettings,
+    tmp_path: Path,
+    make_queue: Callable[..., str],
+) -> None:
+    """With a real OpenTelemetry meter: one lag point per commit, one count per settlement."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    queue = make_queue()
+    store = SQLiteProjectionStore(tmp_path / "read.db")
+    metrics = MetricsMiddleware(meter=provider.get_meter("test"))
+    worker = fast_worker(bus_settings)
+    worker.add_projection(LedgerProjection(), store=store, queue=queue)
+    worker.use(metrics)
+    async with AsyncClaimCheckBus(bus_settings) as bus:
+        await bus.publish_batch(
+            [OrderCreated(OrderId=f"o-{i}", Amount=i) for i in range(3)], queue=queue
+        )
+        await bus.publish(OrderCreated(OrderId="o-0", Amount=0), queue=queue, message_id="dup")
+        await bus.publish(OrderCreated(OrderId="o-0", Amount=0), queue=queue, message_id="dup")
+        async with running(worker):
+            await until(lambda: sum(metrics.outcomes.values()) >= 5)
+    data = reader.get_metrics_data()
+    points = {
+        metric.name: list(metric.data.data_points)
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+    }
+    [lag] = points["claimcheck.projection.lag"]
+    assert lag.count == 4  # three events and the first "dup"; the second was skipped
+    assert dict(lag.attributes) == {"projection": "ledger"}
+    assert 0 <= lag.min <= lag.max < 30
+    counted = {
+        point.attributes["outcome"]: point.value for point in points["claimcheck.worker.messages"]
+    }
+    assert counted == {"completed": 4, "duplicate": 1}
+    assert {point.attributes["entity"] for point in points["claimcheck.worker.messages"]} == {queue}
+    provider.shutdown()
+    store.close()
