@@ -175,7 +175,7 @@ class ProjectionRunner:
         rollback, as they must for a redelivery.
         """
         clock = now or _utc_now
-        outcomes: list[bool | Exception | None] = [None] * len(batch)
+        outcomes: dict[int, bool | Exception] = {}
         remaining = list(range(len(batch)))
         while remaining:
             try:
@@ -183,18 +183,17 @@ class ProjectionRunner:
             except _EventFailed as failed:
                 outcomes[failed.index] = failed.error
                 remaining.remove(failed.index)
-                continue
+                continue  # the others, together again
             except Exception as error:
                 if len(remaining) == 1:
                     outcomes[remaining[0]] = error
                 else:
                     for index in remaining:
                         [outcomes[index]] = self.apply_batch([batch[index]], middleware, now)
-                break
-            for index in remaining:
-                outcomes[index] = index in applied
+            else:
+                outcomes.update((index, index in applied) for index in remaining)
             break
-        return [outcome for outcome in outcomes if outcome is not None]
+        return [outcomes[index] for index in range(len(batch))]
 
     def _transaction(
         self,
