@@ -297,9 +297,11 @@ class AsyncClaimCheckBus:
         ]
         if prefetch:
             # Inline payloads decode without waiting: only fetches are worth a task each.
-            fetches = [event for event in events if event.is_claim_check]
+            fetches = []
             for event in events:
-                if not event.is_claim_check:
+                if event.is_claim_check:
+                    fetches.append(event)
+                else:
                     await event.load(raise_errors=False)
             await asyncio.gather(*(event.load(raise_errors=False) for event in fetches))
         return events
