@@ -67,12 +67,12 @@ async def test_events_arriving_during_a_transaction_form_the_next_batch(
 ) -> None:
     projection = GatedLedger()
     commit, runner = committer(projection, store, max_batch_size=3)
-    first = asyncio.create_task(commit.apply(pending(projection, 0)))
+    first = asyncio.create_task(commit.apply([pending(projection, 0)]))
     await wait_for_async(lambda: _value(runner.sizes == [1]), what="the first batch started")
-    rest = [asyncio.create_task(commit.apply(pending(projection, n))) for n in range(1, 6)]
+    rest = [asyncio.create_task(commit.apply([pending(projection, n)])) for n in range(1, 6)]
     # Runs after each new task reached its wait: every one is queued behind the first batch.
     asyncio.get_running_loop().call_soon(projection.gate.set)
-    assert await asyncio.gather(first, *rest) == [True] * 6
+    assert await asyncio.gather(first, *rest) == [[True]] * 6
     assert runner.sizes == [1, 3, 2]
     assert len(ledger(store)) == 6
 
@@ -87,30 +87,38 @@ async def test_each_event_gets_its_own_outcome(store: ProjectionStore) -> None:
     refusing = RefuseNegative()
     refusing.gate.set()
     commit, _ = committer(refusing, store, max_batch_size=10)
-    tasks = [
-        asyncio.create_task(commit.apply(pending(refusing, n, -1 if n == 2 else n)))
-        for n in range(4)
-    ]
-    cancelled = asyncio.create_task(commit.apply(pending(refusing, 9)))
-    cancelled.cancel()  # its message task went away: the others are unaffected
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert results[:2] == [True, True]
-    assert results[3] is True
-    assert isinstance(results[2], ValueError)
+    together = asyncio.create_task(
+        commit.apply([pending(refusing, n, -1 if n == 2 else n) for n in range(4)])
+    )
+    cancelled = asyncio.create_task(commit.apply([pending(refusing, 9)]))
+    cancelled.cancel()  # its caller went away: the others are unaffected
+    outcomes = await together
+    assert outcomes[:2] == [True, True]
+    assert outcomes[3] is True
+    assert isinstance(outcomes[2], ValueError)
     assert sorted(row[0] for row in ledger(store)) == ["o-0", "o-1", "o-3"]
+
+
+async def test_a_group_larger_than_a_batch_is_split(store: ProjectionStore) -> None:
+    projection = LedgerProjection()
+    commit, runner = committer(projection, store, max_batch_size=4)
+    outcomes = await commit.apply([pending(projection, n) for n in range(10)])
+    assert outcomes == [True] * 10
+    assert sorted(runner.sizes) == [2, 4, 4]
+    assert len(ledger(store)) == 10
 
 
 @pytest.mark.parametrize("store_location", ["postgres"], indirect=True)
 async def test_postgres_runs_batches_side_by_side(store: ProjectionStore) -> None:
     projection = GatedLedger()
     commit, runner = committer(projection, store, max_batch_size=10, concurrency=2)
-    first = asyncio.create_task(commit.apply(pending(projection, 0)))
+    first = asyncio.create_task(commit.apply([pending(projection, 0)]))
     await wait_for_async(lambda: _value(runner.sizes == [1]), what="the first batch started")
     # The second batch commits while the first is still in its transaction.
-    assert await asyncio.wait_for(commit.apply(pending(projection, 1)), 20) is True
+    assert await asyncio.wait_for(commit.apply([pending(projection, 1)]), 20) == [True]
     assert not first.done()
     projection.gate.set()
-    assert await first is True
+    assert await first == [True]
     assert runner.sizes == [1, 1]
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from worker_testkit import (
     LedgerProjection,
     OrderCreated,
+    OrderShipped,
     fast_worker,
     ledger,
     ledger_count,
@@ -244,6 +245,51 @@ async def test_topic_subscriptions_plain_handlers_and_middleware(
     assert metrics.lag_percentile("ledger", 0.95) == metrics.lags("ledger")[0]
     assert any("lag" in r.getMessage() and "ledger" in r.getMessage() for r in caplog.records)
     assert any("Broken" in r.getMessage() for r in caplog.records)  # logged, not fatal
+    store.close()
+
+
+class Completions(Middleware):
+    """The event types of the messages completed, in order."""
+
+    def __init__(self) -> None:
+        self.types: list[str | None] = []
+
+    def after_handle(
+        self, context: EventContext, outcome: Outcome, error: BaseException | None, duration: float
+    ) -> None:
+        if outcome is Outcome.COMPLETED:
+            self.types.append(context.event_type)
+
+
+async def test_a_message_settles_without_waiting_for_the_rest_of_its_batch(
+    bus_settings: BusSettings, tmp_path: Path, make_queue: Callable[..., str]
+) -> None:
+    """Messages received together are applied together, but each one is settled as soon as
+    its own handlers are done: a slow handler holds up only its own message."""
+    queue = make_queue()
+    store = SQLiteProjectionStore(tmp_path / "read.db")
+    release = asyncio.Event()
+
+    async def ship(event: OrderShipped) -> None:
+        await release.wait()
+
+    completions = Completions()
+    worker = fast_worker(bus_settings)
+    worker.add_projection(LedgerProjection(), store=store, queue=queue)
+    worker.add_handler(OrderShipped, ship, queue=queue)
+    worker.use(completions)
+    async with AsyncClaimCheckBus(bus_settings) as bus:
+        # Published before the worker starts, so its first receive takes both.
+        await bus.publish_batch(
+            [OrderShipped(OrderId="o-1"), OrderCreated(OrderId="o-1", Amount=5)], queue=queue
+        )
+        async with running(worker):
+            await until(lambda: completions.types, what="the projected message completed")
+            assert completions.types == ["OrderCreated"]  # the shipping handler still waits
+            release.set()
+            await until(lambda: len(completions.types) == 2, what="the slow message completed")
+    assert completions.types == ["OrderCreated", "OrderShipped"]
+    assert ledger(store) == [("o-1", 5, 0)]
     store.close()
 
 

@@ -9,6 +9,7 @@ PostgreSQL) and the thread hop over every event that arrived meanwhile.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -17,6 +18,25 @@ from claimcheck_bus.worker.projection import Pending, ProjectionRunner
 
 #: Runs a blocking function off the event loop (the worker's handler threads).
 InThread = Callable[..., Awaitable[Any]]
+
+
+class _Group:
+    """The events one caller hands in together, and their outcomes as batches apply them."""
+
+    __slots__ = ("future", "outcomes", "unresolved")
+
+    def __init__(self, size: int) -> None:
+        self.future: asyncio.Future[list[bool | Exception]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.outcomes: list[bool | Exception] = [False] * size
+        self.unresolved = size
+
+    def resolve(self, index: int, outcome: bool | Exception) -> None:
+        self.outcomes[index] = outcome
+        self.unresolved -= 1
+        if not self.unresolved and not self.future.done():  # its caller may have gone
+            self.future.set_result(self.outcomes)
 
 
 class GroupCommit:
@@ -37,30 +57,33 @@ class GroupCommit:
         self._in_thread = in_thread
         self._middleware = tuple(middleware)
         self._max = max_batch_size
-        self._waiting: list[tuple[Pending, asyncio.Future[bool | Exception]]] = []
+        self._waiting: list[tuple[Pending, _Group, int]] = []
         self._concurrency = concurrency
         self._draining: set[asyncio.Task[None]] = set()
 
-    async def apply(self, pending: Pending) -> bool:
-        """Apply one event with the next batch: ``True`` applied, ``False`` a duplicate; raises
-        what its handler raised (its writes rolled back, the rest of the batch unharmed)."""
-        future: asyncio.Future[bool | Exception] = asyncio.get_running_loop().create_future()
-        self._waiting.append((pending, future))
-        if len(self._draining) < self._concurrency:
+    async def apply(self, events: Sequence[Pending]) -> list[bool | Exception]:
+        """Apply ``events`` with the next batches; each one's outcome, in order: ``True``
+        applied, ``False`` a duplicate, or what its handler raised (its writes rolled back,
+        the rest of the batch unharmed)."""
+        if not events:
+            return []
+        group = _Group(len(events))
+        self._waiting.extend((pending, group, index) for index, pending in enumerate(events))
+        # Drains already running pick these up when their transaction ends; new ones (a
+        # batch's worth each) start at once, as far as the store runs transactions side by side.
+        wanted = min(self._concurrency - len(self._draining), math.ceil(len(events) / self._max))
+        for _ in range(wanted):
             task = asyncio.create_task(self._drain())
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)
-        outcome = await future
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        return await group.future
 
     async def _drain(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
             try:
                 outcomes: list[bool | Exception] = await self._in_thread(
-                    self.runner.apply_batch, [pending for pending, _ in batch], self._middleware
+                    self.runner.apply_batch, [pending for pending, _, _ in batch], self._middleware
                 )
             except Exception as error:
                 # The runner reports each event's own failure; this is the thread pool
@@ -68,10 +91,9 @@ class GroupCommit:
                 outcomes = [error] * len(batch)
             except BaseException:
                 # Cancelled with the loop: the events still waiting are given back.
-                for _, future in batch + self._waiting:
-                    future.cancel()
+                for _, group, _ in batch + self._waiting:
+                    group.future.cancel()
                 self._waiting = []
                 raise
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if not future.done():  # its message task may have been cancelled
-                    future.set_result(outcome)
+            for (_, group, index), outcome in zip(batch, outcomes, strict=True):
+                group.resolve(index, outcome)

@@ -68,6 +68,28 @@ class _Target:
     batch: bool = False
 
 
+@dataclass(eq=False)
+class _Handling:
+    """One message of a received batch on its way through the handlers."""
+
+    event: AsyncReceivedEvent[bytes]
+    context: EventContext
+    error: Exception | None = None
+    applied: bool = False
+    """Some projection applied it, or a plain handler ran."""
+    plain: list[tuple[_Target, Any]] = field(default_factory=list)
+    """Its plain (at-least-once) handlers, with the event decoded for each."""
+    parts: int = 0
+    """Its projections and its plain handlers (as one part) still to run."""
+    settling: bool = False
+
+    def part_done(self, settle: Callable[[_Handling], None]) -> None:
+        """One part ran: ``settle`` the message once none is left."""
+        self.parts -= 1
+        if not self.parts:
+            settle(self)
+
+
 @dataclass
 class _Entity:
     """A queue or a topic subscription the worker consumes, with its routes."""
@@ -408,9 +430,8 @@ class Worker:
                 locked_until = getattr(events[0].message, "locked_until_utc", None)
                 if locked_until is not None:
                     lock_seconds = (locked_until - datetime.now(timezone.utc)).total_seconds()
-            renewal = LockRenewal(events)
-            for event in events:
-                task = asyncio.create_task(self._handle(entity, event, renewal))
+            if events:
+                task = asyncio.create_task(self._handle_batch(entity, events))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
 
@@ -456,34 +477,57 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.prune_interval)
 
-    # -- one message -----------------------------------------------------------------------
+    # -- one received batch ------------------------------------------------------------------
 
-    async def _handle(
-        self, entity: _Entity, event: AsyncReceivedEvent[bytes], renewal: LockRenewal
-    ) -> None:
+    async def _handle_batch(self, entity: _Entity, events: list[AsyncReceivedEvent[bytes]]) -> None:
+        """Handle the messages of one receive together: one group commit per projection, and
+        each message settled by its own outcome as soon as its handlers are done. A task per
+        batch rather than per message keeps the worker's bookkeeping small next to the SDK's."""
         started = time.monotonic()
-        context = _context(event, entity.path)
-        error: BaseException | None = None
+        renewal = LockRenewal(events)
+        handlings = [_Handling(event, _context(event, entity.path)) for event in events]
+        settling: list[asyncio.Task[None]] = []
+
+        def settle(handling: _Handling) -> None:
+            handling.settling = True
+            settling.append(asyncio.create_task(self._finish(entity, handling, renewal, started)))
+
+        for handling in handlings:
+            self._hook("before_handle", handling.context)
+        try:
+            await self._dispatch(entity, handlings, settle)
+        except asyncio.CancelledError:
+            # Shutdown deadline passed: give the messages back rather than lose their locks slowly.
+            unsettled = [h for h in handlings if not h.settling]
+            await asyncio.shield(
+                asyncio.gather(
+                    *(self._give_back(entity, h, renewal, started) for h in unsettled),
+                    return_exceptions=True,
+                )
+            )
+            for task in settling:
+                task.cancel()  # each abandons its message as it unwinds
+            await asyncio.gather(*settling, return_exceptions=True)
+            raise
+        await asyncio.gather(*settling)
+
+    async def _finish(
+        self, entity: _Entity, handling: _Handling, renewal: LockRenewal, started: float
+    ) -> None:
+        """Settle one message by what its handlers did, and free its slot."""
+        context, error = handling.context, handling.error
         outcome = Outcome.ABANDONED
         try:
-            self._hook("before_handle", context)
-            try:
-                applied = await self._dispatch(entity, event, context)
-            except Exception as failure:
-                error = failure
-                decision = decide(
-                    failure,
-                    delivery_count=context.delivery_count,
-                    base_delay=self.backoff_base,
-                    max_delay=self.backoff_max,
-                )
-            else:
-                decision = Decision(Settle.COMPLETE)
-            outcome = await self._settle(entity, event, decision, applied=error is None and applied)
+            decision = decide(
+                error,
+                delivery_count=context.delivery_count,
+                base_delay=self.backoff_base,
+                max_delay=self.backoff_max,
+            )
+            outcome = await self._settle(entity, handling.event, decision, applied=handling.applied)
         except asyncio.CancelledError:
-            # Shutdown deadline passed: give the message back rather than lose its lock slowly.
             with contextlib.suppress(Exception):
-                await asyncio.shield(event.abandon())
+                await asyncio.shield(handling.event.abandon())
             outcome = Outcome.ABANDONED
             raise
         except Exception as failure:
@@ -491,10 +535,30 @@ class Worker:
             outcome = Outcome.SETTLE_FAILED
             log.warning("settling %s on %s failed", context.message_id, entity.path, exc_info=True)
         finally:
-            renewal.release(event)
-            entity.inflight -= 1
-            self._hook("after_handle", context, outcome, error, time.monotonic() - started)
-            self._release(1)
+            self._done(entity, handling, renewal, outcome, error, started)
+
+    async def _give_back(
+        self, entity: _Entity, handling: _Handling, renewal: LockRenewal, started: float
+    ) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await handling.event.abandon()
+        finally:
+            self._done(entity, handling, renewal, Outcome.ABANDONED, handling.error, started)
+
+    def _done(
+        self,
+        entity: _Entity,
+        handling: _Handling,
+        renewal: LockRenewal,
+        outcome: Outcome,
+        error: BaseException | None,
+        started: float,
+    ) -> None:
+        renewal.release(handling.event)
+        entity.inflight -= 1
+        self._hook("after_handle", handling.context, outcome, error, time.monotonic() - started)
+        self._release(1)
 
     async def _settle(
         self,
@@ -523,42 +587,88 @@ class Worker:
             entity.link.end_settling()
 
     async def _dispatch(
-        self, entity: _Entity, event: AsyncReceivedEvent[bytes], context: EventContext
-    ) -> bool:
-        """Run every handler of the event; ``True`` when some projection applied it (or a
-        plain handler ran), ``False`` when every projection had already applied it."""
-        version = read_version(context.properties)
+        self, entity: _Entity, handlings: list[_Handling], settle: Callable[[_Handling], None]
+    ) -> None:
+        """Run every handler of the batch's events and ``settle`` each event once its own
+        handlers are done, noting on it an error, or ``applied`` when some projection applied
+        it (or a plain handler ran); neither when every projection had applied it before."""
+        work: dict[int, list[tuple[_Handling, Pending]]] = {}
+        plain = []
+        for handling in handlings:
+            try:
+                routed = self._route(entity, handling)
+            except Exception as failure:
+                handling.error = failure
+                settle(handling)
+                continue
+            for target, value in routed:
+                if target.runner is None:
+                    handling.plain.append((target, value))
+                else:
+                    pending = Pending(target.function, value, handling.context, target.batch)
+                    work.setdefault(id(target.runner), []).append((handling, pending))
+                    handling.parts += 1
+            if handling.plain:
+                handling.parts += 1
+                plain.append(handling)
+        await asyncio.gather(
+            *(self._project(key, pairs, settle) for key, pairs in work.items()),
+            *(self._run_plain(handling, settle) for handling in plain),
+        )
+
+    def _route(self, entity: _Entity, handling: _Handling) -> list[tuple[_Target, Any]]:
+        """Each handler of the event with the event decoded (and upcast) for it."""
+        event = handling.event
+        version = read_version(handling.context.properties)
         body = event.data  # raises the payload's typed error (missing blob, untrusted URL...)
-        routes = select_routes(entity.routes, context.event_type)
         decoded: dict[tuple[type[Any], int], Any] = {}
-        applied = False
-        for route in routes:
+        routed = []
+        for route in select_routes(entity.routes, handling.context.event_type):
             target: _Target = route.target
             key = (route.event_class, route.version)
             if key not in decoded:
                 upcasters = {**self._upcasters, **target.upcasters}
                 decoded[key] = _decode(body, route, version, upcasters, event)
-            value = decoded[key]
-            if target.runner is not None:
-                runner = target.runner
-                done = await self._commits[id(runner)].apply(
-                    Pending(target.function, value, context, target.batch)
-                )
-                if done:
-                    applied = True
-                    if self._middleware or log.isEnabledFor(logging.DEBUG):
-                        lag = lag_seconds(context.enqueued_time, datetime.now(timezone.utc))
-                        self._hook("after_commit", context, runner.name, lag)
-                        if lag is not None:
-                            log.debug("projection %s lag %.3f s", runner.name, lag)
-            else:
-                applied = True
-                args = (value, context) if target.takes_context else (value,)
+            routed.append((target, decoded[key]))
+        return routed
+
+    async def _project(
+        self,
+        key: int,
+        pairs: list[tuple[_Handling, Pending]],
+        settle: Callable[[_Handling], None],
+    ) -> None:
+        commit = self._commits[key]
+        try:
+            outcomes = await commit.apply([pending for _, pending in pairs])
+        except Exception as failure:  # not the handlers' (they come back as outcomes): a bug
+            outcomes = [failure] * len(pairs)
+        observed = bool(self._middleware) or log.isEnabledFor(logging.DEBUG)
+        for (handling, _), outcome in zip(pairs, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                handling.error = handling.error or outcome
+            elif outcome:
+                handling.applied = True
+                if observed:
+                    context = handling.context
+                    lag = lag_seconds(context.enqueued_time, datetime.now(timezone.utc))
+                    self._hook("after_commit", context, commit.runner.name, lag)
+                    if lag is not None:
+                        log.debug("projection %s lag %.3f s", commit.runner.name, lag)
+            handling.part_done(settle)
+
+    async def _run_plain(self, handling: _Handling, settle: Callable[[_Handling], None]) -> None:
+        try:
+            for target, value in handling.plain:
+                args = (value, handling.context) if target.takes_context else (value,)
                 if inspect.iscoroutinefunction(target.function):
                     await target.function(*args)
                 else:
                     await self._in_thread(target.function, *args)
-        return applied
+                handling.applied = True
+        except Exception as failure:
+            handling.error = handling.error or failure
+        handling.part_done(settle)
 
     def _hook(self, name: str, *args: Any) -> None:
         for middleware in self._middleware:
