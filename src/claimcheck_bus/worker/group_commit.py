@@ -1,5 +1,5 @@
-"""Group commit: a projection's events, gathered from the worker's message tasks into batches
-that each cost one transaction and one hop into a handler thread.
+"""Group commit: a projection's events, gathered from the worker's received batches into
+batches that each cost one transaction and one hop into a handler thread.
 
 While one batch is in its transaction the events that arrive wait, and form the next batch.
 An idle worker so applies each event at once; a busy one spreads the commit (an fsync on
