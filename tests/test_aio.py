@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
@@ -175,3 +176,17 @@ async def test_standalone_rehydrate(bus: AsyncClaimCheckBus) -> None:
             invoice = await rehydrate_async(message, Invoice, settings=bus.settings.claim_check)
             assert invoice.InvoiceId == "r"
             await r.complete_message(message)
+
+
+async def test_socket_timeout_bounds_an_empty_receive(bus_settings: BusSettings) -> None:
+    # The SDK reads its connection in steps of socket_timeout (0.2 s by default) and looks
+    # at the receive's own deadline only between reads: a busy worker must poll shorter.
+    async with AsyncClaimCheckBus(bus_settings, socket_timeout=0.05) as bus:
+        await bus.receive(bytes, max_wait=10)  # the link is open from here on
+        durations = []
+        for _ in range(3):
+            started = time.monotonic()
+            assert await bus.receive(bytes, max_wait=0.05) == []
+            durations.append(time.monotonic() - started)
+    # Load only ever lengthens a receive; the default timeout never goes below 0.2 s.
+    assert min(durations) < 0.2

@@ -48,6 +48,7 @@ class AsyncClaimCheckBus:
     :meth:`receive` fetches payloads concurrently before it returns (``prefetch=False`` leaves
     that to ``await event.load()``). Like the SDK's ``aio`` clients, a bus is not safe to share
     between tasks that publish or receive at the same time: use one per task.
+    ``socket_timeout`` is passed to the SDK's receivers, as :class:`ClaimCheckBus` says.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class AsyncClaimCheckBus:
         *,
         credential: Any = None,
         store: AsyncPayloadStore | None = None,
+        socket_timeout: float | None = None,
     ) -> None:
         settings = settings if settings is not None else BusSettings()
         if store is None:
@@ -83,6 +85,7 @@ class AsyncClaimCheckBus:
         self._senders: dict[str, ServiceBusSender] = {}
         self._limits: dict[str, int] = {}
         self._receivers: dict[tuple[str, bool], ServiceBusReceiver] = {}
+        self._socket_timeout = socket_timeout
 
     async def __aenter__(self) -> AsyncClaimCheckBus:
         return self
@@ -366,10 +369,15 @@ class AsyncClaimCheckBus:
             sub_queue = ServiceBusSubQueue.DEAD_LETTER if dead_letter else None
             if entity.subscription:
                 receiver = self._client.get_subscription_receiver(
-                    entity.name, entity.subscription, sub_queue=sub_queue
+                    entity.name,
+                    entity.subscription,
+                    sub_queue=sub_queue,
+                    socket_timeout=self._socket_timeout,
                 )
             else:
-                receiver = self._client.get_queue_receiver(entity.name, sub_queue=sub_queue)
+                receiver = self._client.get_queue_receiver(
+                    entity.name, sub_queue=sub_queue, socket_timeout=self._socket_timeout
+                )
             self._receivers[key] = receiver
         return receiver
 

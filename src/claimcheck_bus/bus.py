@@ -54,6 +54,9 @@ class ClaimCheckBus:
     Storage and the message carries a read-only SAS URL, as ``WIRE.md`` describes. Senders and
     receivers are opened once per entity and closed with the bus. Like the SDK clients it wraps,
     a bus is not thread-safe: use one per thread.
+
+    ``socket_timeout`` is the SDK receivers' own: how long one read of the connection waits
+    for a frame (0.2 s by default), so a receive from an empty entity lasts at least that long.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class ClaimCheckBus:
         *,
         credential: Any = None,
         store: PayloadStore | None = None,
+        socket_timeout: float | None = None,
     ) -> None:
         settings = settings if settings is not None else BusSettings()
         if store is None:
@@ -89,6 +93,7 @@ class ClaimCheckBus:
         self._senders: dict[str, ServiceBusSender] = {}
         self._limits: dict[str, int] = {}
         self._receivers: dict[tuple[str, bool], ServiceBusReceiver] = {}
+        self._socket_timeout = socket_timeout
 
     def __enter__(self) -> ClaimCheckBus:
         return self
@@ -323,10 +328,15 @@ class ClaimCheckBus:
             sub_queue = ServiceBusSubQueue.DEAD_LETTER if dead_letter else None
             if entity.subscription:
                 receiver = self._client.get_subscription_receiver(
-                    entity.name, entity.subscription, sub_queue=sub_queue
+                    entity.name,
+                    entity.subscription,
+                    sub_queue=sub_queue,
+                    socket_timeout=self._socket_timeout,
                 )
             else:
-                receiver = self._client.get_queue_receiver(entity.name, sub_queue=sub_queue)
+                receiver = self._client.get_queue_receiver(
+                    entity.name, sub_queue=sub_queue, socket_timeout=self._socket_timeout
+                )
             self._receivers[key] = receiver
         return receiver
 
