@@ -24,6 +24,7 @@ from claimcheck_bus.worker.dispatch import (
     MAX_DESCRIPTION,
     Route,
     Settle,
+    Turn,
     UnknownEventTypeError,
     UnsupportedEventVersionError,
     backoff,
@@ -32,6 +33,7 @@ from claimcheck_bus.worker.dispatch import (
     event_type_of,
     event_version_of,
     lag_seconds,
+    next_turn,
     percentile,
     read_version,
     receive_batch,
@@ -236,3 +238,59 @@ def test_should_receive_refills_in_batches() -> None:
     assert not should_receive(7, 16, inflight=9, refill=0.5)
     assert should_receive(8, 16, inflight=8, refill=0.5)
     assert should_receive(1, 1, inflight=0, refill=0.5)
+
+
+def turn(**given: Any) -> Turn:
+    state = dict(ready=0, free_slots=16, capacity=16, inflight=0, refill=0.5)
+    state.update(stopping=False, hold=False)
+    state.update(given)
+    return next_turn(**state)
+
+
+def test_a_lane_settles_what_is_ready_before_anything_else() -> None:
+    assert turn(ready=1) is Turn.SETTLE
+    assert turn(ready=3, inflight=16, free_slots=0, stopping=True, hold=True) is Turn.SETTLE
+
+
+def test_a_lane_receives_only_when_a_batch_fits() -> None:
+    assert turn() is Turn.RECEIVE  # idle: take what comes
+    assert turn(inflight=8, free_slots=8) is Turn.RECEIVE
+    assert turn(inflight=9, free_slots=7) is Turn.WAIT  # wait for settlements instead
+    assert turn(inflight=16, free_slots=0) is Turn.WAIT
+
+
+def test_a_held_lane_waits_instead_of_receiving() -> None:
+    # The entity came back empty with messages in flight, or receiving failed.
+    assert turn(hold=True, inflight=2, free_slots=14) is Turn.WAIT
+    assert turn(hold=True) is Turn.WAIT
+
+
+def test_a_stopping_lane_only_settles_and_ends_once_nothing_is_in_flight() -> None:
+    assert turn(stopping=True, inflight=2, free_slots=14) is Turn.WAIT
+    assert turn(stopping=True) is Turn.DONE
+
+
+@given(
+    st.integers(0, 64),
+    st.integers(0, 64),
+    st.integers(0, 64),
+    st.booleans(),
+    st.booleans(),
+)
+def test_a_lane_never_receives_past_its_slots_nor_ends_with_messages_in_flight(
+    ready: int, free: int, inflight: int, stopping: bool, hold: bool
+) -> None:
+    chosen = turn(
+        ready=ready,
+        free_slots=free,
+        capacity=64,
+        inflight=inflight,
+        stopping=stopping,
+        hold=hold,
+    )
+    if chosen is Turn.RECEIVE:
+        assert free > 0
+        assert (stopping, hold, ready) == (False, False, 0)
+    if chosen is Turn.DONE:
+        assert stopping
+        assert (inflight, ready) == (0, 0)

@@ -60,6 +60,9 @@ class Decision:
     description: str | None = None
 
 
+_COMPLETE = Decision(Settle.COMPLETE)
+
+
 def event_type_of(cls: type[Any], explicit: str | None = None) -> str:
     """The wire event type of a class, as ``publish`` names it (``__event_type__`` or name)."""
     if explicit:
@@ -178,7 +181,7 @@ def decide(
     backoff, and the entity's max delivery count dead-letters it in the end.
     """
     if error is None:
-        return Decision(Settle.COMPLETE)
+        return _COMPLETE
     if isinstance(error, MessageError) and error.permanent:
         return Decision(
             Settle.DEAD_LETTER,
@@ -278,9 +281,47 @@ def should_receive(free_slots: int, capacity: int, *, inflight: int, refill: flo
     return free_slots >= refill_size(capacity, refill)
 
 
+class Turn(Enum):
+    """What a lane (the one task that uses an entity's link) does next."""
+
+    SETTLE = "settle"
+    RECEIVE = "receive"
+    WAIT = "wait"
+    DONE = "done"
+
+
+def next_turn(
+    *,
+    ready: int,
+    free_slots: int,
+    capacity: int,
+    inflight: int,
+    refill: float,
+    stopping: bool,
+    hold: bool,
+) -> Turn:
+    """A lane's next use of its link: settle whatever is ready, else receive when a batch fits
+    (:func:`should_receive`), else wait for a message to become ready or a slot to free.
+
+    Settling goes first: it frees slots and ends locks, and the SDK confirms settlements
+    quickly only while no receive is waiting on the same connection. ``hold`` pauses
+    receiving (the entity came back empty while messages are in flight, or receiving
+    failed). A stopping lane only settles, and is done once nothing is in flight.
+    """
+    if ready:
+        return Turn.SETTLE
+    if stopping:
+        return Turn.WAIT if inflight else Turn.DONE
+    if hold:
+        return Turn.WAIT
+    if should_receive(free_slots, capacity, inflight=inflight, refill=refill):
+        return Turn.RECEIVE
+    return Turn.WAIT
+
+
 #: Seconds a receive may wait while its link opens (the SDK counts the open against the wait).
 LINK_OPEN_WAIT = 10.0
-#: How long a receive may hold the link while messages of the entity await settlement.
+#: How long a receive may hold the link while messages of the entity are in flight.
 BUSY_RECEIVE_WAIT = 0.05
 
 

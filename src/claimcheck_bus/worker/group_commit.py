@@ -13,7 +13,7 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from claimcheck_bus.worker.middleware import Middleware
+from claimcheck_bus.worker.middleware import Middleware, overriding
 from claimcheck_bus.worker.projection import Pending, ProjectionRunner
 
 #: Runs a blocking function off the event loop (the worker's handler threads).
@@ -55,7 +55,7 @@ class GroupCommit:
     ) -> None:
         self.runner = runner
         self._in_thread = in_thread
-        self._middleware = tuple(middleware)
+        self._middleware = tuple(overriding(middleware, "before_commit"))
         self._max = max_batch_size
         self._waiting: list[tuple[Pending, _Group, int]] = []
         self._concurrency = concurrency

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
@@ -52,6 +53,16 @@ class Middleware:
         duration: float,
     ) -> None:
         """The message was settled (``duration``: seconds from receipt to settlement)."""
+
+
+HOOKS = ("before_handle", "before_commit", "after_commit", "after_handle")
+
+
+def overriding(middleware: Sequence[Middleware], hook: str) -> list[Middleware]:
+    """The middleware whose ``hook`` does something: the base class's no-op is left out, so
+    the worker pays per event only for the hooks someone wrote."""
+    base = getattr(Middleware, hook)
+    return [m for m in middleware if getattr(getattr(m, hook), "__func__", None) is not base]
 
 
 class LoggingMiddleware(Middleware):

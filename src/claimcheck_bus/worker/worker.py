@@ -1,5 +1,11 @@
-"""The background worker: receive loops, bounded concurrency, lock renewal, settlement and
-graceful shutdown. Every decision it takes is a function of ``dispatch``."""
+"""The background worker: one lane per entity, bounded concurrency, lock renewal, settlement
+and graceful shutdown. Every decision it takes is a function of ``dispatch``.
+
+A lane is the only task that uses its entity's link: it receives a batch, hands it to a
+handling task, and settles each message once that task marks it ready, taking turns (see
+``dispatch.next_turn``). One owner keeps the SDK fast: a receive waiting on a connection
+holds its socket, so a settlement sent meanwhile sits unconfirmed until the receive returns.
+"""
 
 from __future__ import annotations
 
@@ -22,14 +28,17 @@ from claimcheck_bus.events import deserialize
 from claimcheck_bus.settings import BusSettings
 from claimcheck_bus.worker.context import EventContext
 from claimcheck_bus.worker.dispatch import (
+    BUSY_RECEIVE_WAIT,
     Decision,
     Route,
     Settle,
+    Turn,
     Upcaster,
     decide,
     event_type_of,
     event_version_of,
     lag_seconds,
+    next_turn,
     parse_json,
     read_version,
     receive_batch,
@@ -42,9 +51,8 @@ from claimcheck_bus.worker.dispatch import (
     upcast_chain,
 )
 from claimcheck_bus.worker.group_commit import GroupCommit
-from claimcheck_bus.worker.link_turns import LinkTurns
 from claimcheck_bus.worker.lock_renewal import LockRenewal
-from claimcheck_bus.worker.middleware import Middleware, Outcome
+from claimcheck_bus.worker.middleware import HOOKS, Middleware, Outcome, overriding
 from claimcheck_bus.worker.projection import (
     Pending,
     Projection,
@@ -70,10 +78,12 @@ class _Target:
 
 @dataclass(eq=False)
 class _Handling:
-    """One message of a received batch on its way through the handlers."""
+    """One message of a received batch on its way through the handlers to its settlement."""
 
     event: AsyncReceivedEvent[bytes]
     context: EventContext
+    renewal: LockRenewal
+    started: float
     error: Exception | None = None
     applied: bool = False
     """Some projection applied it, or a plain handler ran."""
@@ -81,30 +91,35 @@ class _Handling:
     """Its plain (at-least-once) handlers, with the event decoded for each."""
     parts: int = 0
     """Its projections and its plain handlers (as one part) still to run."""
-    settling: bool = False
+    decision: Decision | None = None
+    """Set once its handlers are done: how its lane settles it."""
 
-    def part_done(self, settle: Callable[[_Handling], None]) -> None:
-        """One part ran: ``settle`` the message once none is left."""
+    def part_done(self, ready: Callable[[_Handling], None]) -> None:
+        """One part ran: the message is ``ready`` once none is left."""
         self.parts -= 1
         if not self.parts:
-            settle(self)
+            ready(self)
 
 
 @dataclass
 class _Entity:
-    """A queue or a topic subscription the worker consumes, with its routes."""
+    """A queue or a topic subscription the worker consumes, with its routes and its lane's
+    state."""
 
     queue: str | None
     topic: str | None
     subscription: str | None
     routes: list[Route] = field(default_factory=list)
     inflight: int = 0
-    link: LinkTurns = field(default_factory=LinkTurns)
-    """Receives and settlements take turns on the link (see ``link_turns``)."""
+    """Messages received and not yet settled."""
+    ready: list[_Handling] = field(default_factory=list)
+    """Messages whose handlers are done, for the lane to settle."""
+    backing_off: dict[_Handling, asyncio.TimerHandle] = field(default_factory=dict)
+    """Messages to abandon once their backoff is over."""
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when the receive loop may have something to do: slots freed, or stop asked."""
-    awaiting_settlement: bool = False
-    """The receive loop found nothing and waits for any of its messages to settle."""
+    """Set when the lane may have something to do: a message ready, slots freed, stop asked."""
+    receiving_over: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the lane has stopped receiving (it still settles)."""
 
     @property
     def path(self) -> str:
@@ -112,6 +127,18 @@ class _Entity:
         if self.topic:
             return f"{self.topic}/Subscriptions/{self.subscription}"
         return self.queue or "<default queue>"
+
+    def make_ready(self, handling: _Handling) -> None:
+        """Queue ``handling`` for settlement and wake the lane."""
+        self.backing_off.pop(handling, None)
+        self.ready.append(handling)
+        self.wake.set()
+
+    def end_backoffs(self) -> None:
+        """Abandon now what waits out a backoff (the worker is stopping)."""
+        for handling, timer in list(self.backing_off.items()):
+            timer.cancel()
+            self.make_ready(handling)
 
 
 class Worker:
@@ -162,6 +189,7 @@ class Worker:
         self._commits: dict[int, GroupCommit] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
         self._middleware: list[Middleware] = []
+        self._hooks: dict[str, list[Callable[..., None]]] = {name: [] for name in HOOKS}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stop_requested = threading.Event()
@@ -286,7 +314,12 @@ class Worker:
             self._stop.set()
         self._active = 0
         for entity in self._entities.values():  # asyncio primitives belong to one loop
-            entity.link, entity.wake, entity.inflight = LinkTurns(), asyncio.Event(), 0
+            entity.wake, entity.receiving_over = asyncio.Event(), asyncio.Event()
+            entity.inflight = 0
+            entity.ready, entity.backing_off = [], {}
+        self._hooks = {
+            name: [getattr(m, name) for m in overriding(self._middleware, name)] for name in HOOKS
+        }
         for runner in self._runners:
             await asyncio.to_thread(runner.start)
         self._commits = {
@@ -299,12 +332,17 @@ class Worker:
             )
             for runner in self._runners
         }
-        inflight: set[asyncio.Task[None]] = set()
+        handling: set[asyncio.Task[None]] = set()
         try:
-            async with AsyncClaimCheckBus(self.settings, credential=self._credential) as bus:
+            # Its receives poll the link no longer than a busy receive may wait: the SDK's
+            # default (0.2 s) would hold the link, and the settlements behind it, that long
+            # whenever the entity runs empty.
+            async with AsyncClaimCheckBus(
+                self.settings, credential=self._credential, socket_timeout=BUSY_RECEIVE_WAIT
+            ) as bus:
                 log.info("worker consuming %s", ", ".join(e.path for e in self._entities.values()))
-                loops = [
-                    asyncio.create_task(self._receive_loop(bus, entity, inflight))
+                lanes = [
+                    asyncio.create_task(self._lane(bus, entity, handling))
                     for entity in self._entities.values()
                 ]
                 background = [
@@ -314,8 +352,7 @@ class Worker:
                 try:
                     await self._stop.wait()
                 finally:
-                    await asyncio.gather(*loops, return_exceptions=True)
-                    await self._drain(inflight)
+                    await self._drain(lanes, handling)
                     for task in background:
                         task.cancel()
                     await asyncio.gather(*background, return_exceptions=True)
@@ -359,45 +396,74 @@ class Worker:
         assert self._stop is not None
         await self._stop.wait()
         for entity in self._entities.values():
+            entity.end_backoffs()
             entity.wake.set()
 
-    async def _drain(self, inflight: set[asyncio.Task[None]]) -> None:
-        """Let in-flight messages finish within the deadline; abandon the rest."""
-        if not inflight:
-            return
-        log.info(
-            "waiting up to %.0f s for %d in-flight message(s)", self.shutdown_timeout, len(inflight)
-        )
-        _, pending = await asyncio.wait(set(inflight), timeout=self.shutdown_timeout)
-        for task in pending:
-            task.cancel()  # the task abandons its message as it unwinds
-        if pending:
-            await asyncio.wait(pending, timeout=10.0)
-
-    async def _receive_loop(
-        self, bus: AsyncClaimCheckBus, entity: _Entity, inflight: set[asyncio.Task[None]]
+    async def _drain(
+        self, lanes: list[asyncio.Task[None]], handling: set[asyncio.Task[None]]
     ) -> None:
+        """Once the lanes stopped receiving, let them settle what is in flight within the
+        deadline; past it, cancel the handlers (their messages are abandoned), then the lanes."""
+        await asyncio.gather(*(e.receiving_over.wait() for e in self._entities.values()))
+        inflight = sum(entity.inflight for entity in self._entities.values())
+        if inflight:
+            log.info(
+                "waiting up to %.0f s for %d in-flight message(s)", self.shutdown_timeout, inflight
+            )
+        _, pending = await asyncio.wait(lanes, timeout=self.shutdown_timeout)
+        if pending:
+            for task in handling:
+                task.cancel()  # each makes its unfinished messages ready to abandon
+            _, pending = await asyncio.wait(pending, timeout=10.0)
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*lanes, *handling, return_exceptions=True)
+
+    async def _lane(
+        self, bus: AsyncClaimCheckBus, entity: _Entity, handling: set[asyncio.Task[None]]
+    ) -> None:
+        """Use ``entity``'s link until stopped and settled: receive batches, settle messages."""
         assert self._stop is not None
         stop = self._stop
         failures = 0
         linked = False
+        hold_until = 0.0  # receiving paused until then (monotonic)
         lock_seconds: float | None = None  # learnt from the first messages' lock expiry
-        while not stop.is_set():
-            # Refill in batches: many one-message receives cost more than they save.
-            while not (stop.is_set() or self._may_receive(entity)):
-                entity.wake.clear()
-                await entity.wake.wait()
-            if stop.is_set():
-                return
-            wanted = receive_batch(
-                self.max_concurrency - self._active,
-                lock_seconds=lock_seconds,
-                handler_seconds=self.expected_handler_seconds,
-                most=refill_size(self.max_concurrency, self.refill_fraction),
-            )
-            self._active += wanted  # reserve the slots while receiving
-            try:
-                await entity.link.begin_receiving()
+        try:
+            while True:
+                if stop.is_set():
+                    entity.receiving_over.set()
+                hold = time.monotonic() < hold_until
+                turn = next_turn(
+                    ready=len(entity.ready),
+                    free_slots=self.max_concurrency - self._active,
+                    capacity=self.max_concurrency,
+                    inflight=entity.inflight,
+                    refill=self.refill_fraction,
+                    stopping=stop.is_set(),
+                    hold=hold,
+                )
+                if turn is Turn.DONE:
+                    return
+                if turn is Turn.SETTLE:
+                    ready, entity.ready = entity.ready, []
+                    await self._settle_ready(entity, ready)
+                    if not failures:
+                        hold_until = 0.0  # a slot freed: worth asking the entity again
+                    continue
+                if turn is Turn.WAIT:
+                    entity.wake.clear()
+                    wait = hold_until - time.monotonic() if hold else self.max_wait
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(entity.wake.wait(), max(0.0, wait))
+                    continue
+                wanted = receive_batch(
+                    self.max_concurrency - self._active,
+                    lock_seconds=lock_seconds,
+                    handler_seconds=self.expected_handler_seconds,
+                    most=refill_size(self.max_concurrency, self.refill_fraction),
+                )
+                self._active += wanted  # reserve the slots while receiving
                 try:
                     events = await bus.receive(
                         bytes,
@@ -409,31 +475,29 @@ class Worker:
                             self.max_wait, inflight=entity.inflight, linked=linked
                         ),
                     )
-                finally:
-                    entity.link.end_receiving()
+                except Exception:
+                    failures += 1
+                    linked = False
+                    log.warning("receiving from %s failed; retrying", entity.path, exc_info=True)
+                    self._release(wanted)
+                    hold_until = time.monotonic() + min(30.0, 0.5 * 2**failures)
+                    continue
+                failures, linked = 0, True
+                self._release(wanted - len(events))
+                if not events:
+                    if entity.inflight:  # nothing waiting: let the in-flight messages settle first
+                        hold_until = time.monotonic() + self.max_wait
+                    continue
                 entity.inflight += len(events)
-                failures = 0
-                linked = True
-            except Exception:
-                failures += 1
-                linked = False
-                log.warning("receiving from %s failed; retrying", entity.path, exc_info=True)
-                self._release(wanted)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), min(30.0, 0.5 * 2**failures))
-                continue
-            self._release(wanted - len(events))
-            if not events and entity.inflight:
-                # Nothing waiting: let the in-flight messages settle before asking again.
-                await self._next_settlement(entity, self.max_wait)
-            if events and lock_seconds is None:
-                locked_until = getattr(events[0].message, "locked_until_utc", None)
-                if locked_until is not None:
-                    lock_seconds = (locked_until - datetime.now(timezone.utc)).total_seconds()
-            if events:
+                if lock_seconds is None:
+                    locked_until = getattr(events[0].message, "locked_until_utc", None)
+                    if locked_until is not None:
+                        lock_seconds = (locked_until - datetime.now(timezone.utc)).total_seconds()
                 task = asyncio.create_task(self._handle_batch(entity, events))
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
+                handling.add(task)
+                task.add_done_callback(handling.discard)
+        finally:
+            entity.receiving_over.set()  # also when the lane failed: shutdown must not wait
 
     def _may_receive(self, entity: _Entity) -> bool:
         return should_receive(
@@ -443,23 +507,13 @@ class Worker:
             refill=self.refill_fraction,
         )
 
-    async def _next_settlement(self, entity: _Entity, timeout: float) -> None:
-        """Wait (at most ``timeout`` s) until a message settles or stop is asked."""
-        entity.awaiting_settlement = True
-        entity.wake.clear()
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(entity.wake.wait(), timeout)
-        finally:
-            entity.awaiting_settlement = False
-
     def _release(self, count: int) -> None:
-        """Free ``count`` slots and wake the receive loops that may now receive."""
+        """Free ``count`` slots and wake the lanes that may now receive."""
         if count <= 0:
             return
         self._active -= count
         for entity in self._entities.values():
-            if entity.awaiting_settlement or self._may_receive(entity):
+            if self._may_receive(entity):
                 entity.wake.set()
 
     async def _prune_loop(self) -> None:
@@ -477,121 +531,105 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.prune_interval)
 
-    # -- one received batch ------------------------------------------------------------------
+    # -- settling (the lane) -----------------------------------------------------------------
+
+    async def _settle_ready(self, entity: _Entity, ready: list[_Handling]) -> None:
+        """Settle ``ready`` messages side by side, each by its decision, and free their slots."""
+        results = await asyncio.gather(
+            *(self._settle(handling) for handling in ready), return_exceptions=True
+        )
+        for handling, result in zip(ready, results, strict=True):
+            error: BaseException | None = handling.error
+            if isinstance(result, Outcome):
+                outcome = result
+            else:
+                outcome, error = Outcome.SETTLE_FAILED, error or result
+                log.warning(
+                    "settling %s on %s failed",
+                    handling.context.message_id,
+                    entity.path,
+                    exc_info=result,
+                )
+            handling.renewal.release(handling.event)
+            entity.inflight -= 1
+            self._hook(
+                "after_handle",
+                handling.context,
+                outcome,
+                error,
+                time.monotonic() - handling.started,
+            )
+        self._release(len(ready))
+
+    async def _settle(self, handling: _Handling) -> Outcome:
+        decision, event = handling.decision, handling.event
+        assert decision is not None
+        if decision.settle is Settle.COMPLETE:
+            await event.complete()
+            return Outcome.COMPLETED if handling.applied else Outcome.DUPLICATE
+        if decision.settle is Settle.DEAD_LETTER:
+            await event.dead_letter(decision.reason or "HandlerFailed", decision.description)
+            return Outcome.DEAD_LETTERED
+        await event.abandon()
+        return Outcome.ABANDONED
+
+    # -- handling one received batch ---------------------------------------------------------
 
     async def _handle_batch(self, entity: _Entity, events: list[AsyncReceivedEvent[bytes]]) -> None:
-        """Handle the messages of one receive together: one group commit per projection, and
-        each message settled by its own outcome as soon as its handlers are done. A task per
+        """Run the handlers of one receive's messages: one group commit per projection, and
+        each message ready for its lane as soon as its own handlers are done. A task per
         batch rather than per message keeps the worker's bookkeeping small next to the SDK's."""
+        assert self._loop is not None
+        assert self._stop is not None
+        loop, stop = self._loop, self._stop
         started = time.monotonic()
         renewal = LockRenewal(events)
-        handlings = [_Handling(event, _context(event, entity.path)) for event in events]
-        settling: list[asyncio.Task[None]] = []
+        handlings = [
+            _Handling(event, _context(event, entity.path), renewal, started) for event in events
+        ]
 
-        def settle(handling: _Handling) -> None:
-            handling.settling = True
-            settling.append(asyncio.create_task(self._finish(entity, handling, renewal, started)))
+        def ready(handling: _Handling) -> None:
+            if handling.decision is not None:
+                return
+            decision = decide(
+                handling.error,
+                delivery_count=handling.context.delivery_count,
+                base_delay=self.backoff_base,
+                max_delay=self.backoff_max,
+            )
+            handling.decision = decision
+            if decision.settle is Settle.ABANDON and decision.delay > 0 and not stop.is_set():
+                # Back off before giving the message back; a shutdown cuts the wait short.
+                entity.backing_off[handling] = loop.call_later(
+                    decision.delay, entity.make_ready, handling
+                )
+            else:
+                entity.make_ready(handling)
 
         for handling in handlings:
             self._hook("before_handle", handling.context)
         try:
-            await self._dispatch(entity, handlings, settle)
+            await self._dispatch(entity, handlings, ready)
         except asyncio.CancelledError:
             # Shutdown deadline passed: give the messages back rather than lose their locks slowly.
-            unsettled = [h for h in handlings if not h.settling]
-            await asyncio.shield(
-                asyncio.gather(
-                    *(self._give_back(entity, h, renewal, started) for h in unsettled),
-                    return_exceptions=True,
-                )
-            )
-            for task in settling:
-                task.cancel()  # each abandons its message as it unwinds
-            await asyncio.gather(*settling, return_exceptions=True)
+            for handling in handlings:
+                if handling.decision is None:
+                    handling.decision = Decision(Settle.ABANDON)
+                    entity.make_ready(handling)
             raise
-        await asyncio.gather(*settling)
-
-    async def _finish(
-        self, entity: _Entity, handling: _Handling, renewal: LockRenewal, started: float
-    ) -> None:
-        """Settle one message by what its handlers did, and free its slot."""
-        context, error = handling.context, handling.error
-        outcome = Outcome.ABANDONED
-        try:
-            decision = decide(
-                error,
-                delivery_count=context.delivery_count,
-                base_delay=self.backoff_base,
-                max_delay=self.backoff_max,
-            )
-            outcome = await self._settle(entity, handling.event, decision, applied=handling.applied)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(handling.event.abandon())
-            outcome = Outcome.ABANDONED
-            raise
-        except Exception as failure:
-            error = error or failure
-            outcome = Outcome.SETTLE_FAILED
-            log.warning("settling %s on %s failed", context.message_id, entity.path, exc_info=True)
-        finally:
-            self._done(entity, handling, renewal, outcome, error, started)
-
-    async def _give_back(
-        self, entity: _Entity, handling: _Handling, renewal: LockRenewal, started: float
-    ) -> None:
-        try:
-            with contextlib.suppress(Exception):
-                await handling.event.abandon()
-        finally:
-            self._done(entity, handling, renewal, Outcome.ABANDONED, handling.error, started)
-
-    def _done(
-        self,
-        entity: _Entity,
-        handling: _Handling,
-        renewal: LockRenewal,
-        outcome: Outcome,
-        error: BaseException | None,
-        started: float,
-    ) -> None:
-        renewal.release(handling.event)
-        entity.inflight -= 1
-        self._hook("after_handle", handling.context, outcome, error, time.monotonic() - started)
-        self._release(1)
-
-    async def _settle(
-        self,
-        entity: _Entity,
-        event: AsyncReceivedEvent[bytes],
-        decision: Decision,
-        *,
-        applied: bool,
-    ) -> Outcome:
-        assert self._stop is not None
-        if decision.settle is Settle.ABANDON and decision.delay > 0:
-            # Back off before giving the message back; a shutdown cuts the wait short.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), decision.delay)
-        await entity.link.begin_settling()
-        try:
-            if decision.settle is Settle.COMPLETE:
-                await event.complete()
-                return Outcome.COMPLETED if applied else Outcome.DUPLICATE
-            if decision.settle is Settle.DEAD_LETTER:
-                await event.dead_letter(decision.reason or "HandlerFailed", decision.description)
-                return Outcome.DEAD_LETTERED
-            await event.abandon()
-            return Outcome.ABANDONED
-        finally:
-            entity.link.end_settling()
+        except Exception as failure:  # a bug of ours: never leave a message unsettled
+            log.error("handling a batch from %s failed", entity.path, exc_info=True)
+            for handling in handlings:
+                handling.error = handling.error or failure
+                ready(handling)
 
     async def _dispatch(
-        self, entity: _Entity, handlings: list[_Handling], settle: Callable[[_Handling], None]
+        self, entity: _Entity, handlings: list[_Handling], ready: Callable[[_Handling], None]
     ) -> None:
-        """Run every handler of the batch's events and ``settle`` each event once its own
-        handlers are done, noting on it an error, or ``applied`` when some projection applied
-        it (or a plain handler ran); neither when every projection had applied it before."""
+        """Run every handler of the batch's events and call ``ready`` for each event once its
+        own handlers are done, noting on it an error, or ``applied`` when some projection
+        applied it (or a plain handler ran); neither when every projection had applied it
+        before."""
         work: dict[int, list[tuple[_Handling, Pending]]] = {}
         plain = []
         for handling in handlings:
@@ -599,7 +637,7 @@ class Worker:
                 routed = self._route(entity, handling)
             except Exception as failure:
                 handling.error = failure
-                settle(handling)
+                ready(handling)
                 continue
             for target, value in routed:
                 if target.runner is None:
@@ -612,8 +650,8 @@ class Worker:
                 handling.parts += 1
                 plain.append(handling)
         await asyncio.gather(
-            *(self._project(key, pairs, settle) for key, pairs in work.items()),
-            *(self._run_plain(handling, settle) for handling in plain),
+            *(self._project(key, pairs, ready) for key, pairs in work.items()),
+            *(self._run_plain(handling, ready) for handling in plain),
         )
 
     def _route(self, entity: _Entity, handling: _Handling) -> list[tuple[_Target, Any]]:
@@ -636,14 +674,15 @@ class Worker:
         self,
         key: int,
         pairs: list[tuple[_Handling, Pending]],
-        settle: Callable[[_Handling], None],
+        ready: Callable[[_Handling], None],
     ) -> None:
         commit = self._commits[key]
         try:
             outcomes = await commit.apply([pending for _, pending in pairs])
         except Exception as failure:  # not the handlers' (they come back as outcomes): a bug
             outcomes = [failure] * len(pairs)
-        observed = bool(self._middleware) or log.isEnabledFor(logging.DEBUG)
+        observed = bool(self._hooks["after_commit"]) or log.isEnabledFor(logging.DEBUG)
+        committed = datetime.now(timezone.utc)  # the batches of one apply commit together
         for (handling, _), outcome in zip(pairs, outcomes, strict=True):
             if isinstance(outcome, Exception):
                 handling.error = handling.error or outcome
@@ -651,13 +690,13 @@ class Worker:
                 handling.applied = True
                 if observed:
                     context = handling.context
-                    lag = lag_seconds(context.enqueued_time, datetime.now(timezone.utc))
+                    lag = lag_seconds(context.enqueued_time, committed)
                     self._hook("after_commit", context, commit.runner.name, lag)
                     if lag is not None:
                         log.debug("projection %s lag %.3f s", commit.runner.name, lag)
-            handling.part_done(settle)
+            handling.part_done(ready)
 
-    async def _run_plain(self, handling: _Handling, settle: Callable[[_Handling], None]) -> None:
+    async def _run_plain(self, handling: _Handling, ready: Callable[[_Handling], None]) -> None:
         try:
             for target, value in handling.plain:
                 args = (value, handling.context) if target.takes_context else (value,)
@@ -668,14 +707,14 @@ class Worker:
                 handling.applied = True
         except Exception as failure:
             handling.error = handling.error or failure
-        handling.part_done(settle)
+        handling.part_done(ready)
 
     def _hook(self, name: str, *args: Any) -> None:
-        for middleware in self._middleware:
+        for hook in self._hooks[name]:
             try:
-                getattr(middleware, name)(*args)
+                hook(*args)
             except Exception:  # observability must never fail a message
-                log.warning("middleware %r.%s failed", middleware, name, exc_info=True)
+                log.warning("middleware hook %r failed", hook, exc_info=True)
 
 
 def _context(event: AsyncReceivedEvent[bytes], entity: str) -> EventContext:
