@@ -1,15 +1,21 @@
 """Projected events/s (SQLite, PostgreSQL) against the raw receive+complete rate, and
 read-model lag p50/p95 under steady load, through the emulator and the real SDK.
 
-    .venv/bin/python benchmarks/projection_throughput.py [--events 8000] [--rounds 3]
+    .venv/bin/python benchmarks/projection_throughput.py [--events 8000] [--rounds 7] [--seed 1]
         [--concurrency 64] [--postgres "host=127.0.0.1 user=postgres dbname=postgres"]
-        [--rate 100 --seconds 10]
+        [--rate 100 --seconds 10] [--no-pin]
 
-The emulator runs as a subprocess so its CPU does not share this process's GIL. Each round
-measures the raw rate (``AsyncClaimCheckBus.receive`` + ``complete``, no handler: the faster of
-a receive batch as large as the worker's and one twice as large), then every projection; the
-table gives medians over the rounds, and each ratio is against the raw rate of its own round.
-Rates count from the first message on, so neither side pays for opening its link.
+The emulator runs as a subprocess so its CPU does not share this process's GIL; with two
+CPUs or more it is pinned to the last one and this process to the others (``--no-pin`` leaves
+both to the scheduler), so the consumer never trades places with the broker between runs.
+
+Each round measures the raw rate (``AsyncClaimCheckBus.receive`` + ``complete``, no handler)
+with a receive batch as large as the worker's and one twice as large, and every projection,
+in a shuffled order (the machine's speed drifts; a fixed order would favour one side). The
+table gives medians over the rounds. The raw baseline is the receive size with the higher
+median, and each ratio is the median of per-round ratios against that size's rate in the
+same round (a per-round maximum of two noisy rates would inflate the baseline). Rates count
+from the first message on, so neither side pays for opening its link.
 
 Two read models per store: one statement per event (``@handles``), and one ``executemany``
 per batch (``@handles(..., batch=True)``). PostgreSQL is measured in a schema created for the
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -233,37 +240,49 @@ async def run(args: argparse.Namespace, settings: BusSettings, folder: Path) -> 
         except Exception as error:
             print(f"PostgreSQL skipped: {error}")
     receive = refill_size(args.concurrency, 0.5)  # what one worker receive takes
+    raw_sizes = (receive, 2 * receive)
     variants = [
         (f"{label} projection, {kind}", store, factory(store.placeholder))
         for label, store in stores
         for kind, factory in (("per event", Totals), ("batch", BatchTotals))
     ]
-    raw: list[float] = []
+    raw: dict[int, list[float]] = {size: [] for size in raw_sizes}
     rates: dict[str, list[float]] = {name: [] for name, _, _ in variants}
-    ratios: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    order = random.Random(args.seed)
     try:
         for number in range(1, args.rounds + 1):
-            best = 0.0
-            for batch in (receive, 2 * receive):
-                best = max(best, await raw_rate(settings, args.events, batch))
-            raw.append(best)
-            for name, store, projection in variants:
-                rate = await projected_rate(
-                    settings, store, projection, args.events, args.concurrency
-                )
-                rates[name].append(rate)
-                ratios[name].append(rate / best)
+            runs: list[tuple[str, Any]] = [("raw", size) for size in raw_sizes]
+            runs += [("projection", variant) for variant in variants]
+            order.shuffle(runs)
+            for kind, what in runs:
+                if kind == "raw":
+                    raw[what].append(await raw_rate(settings, args.events, what))
+                else:
+                    name, store, projection = what
+                    rates[name].append(
+                        await projected_rate(
+                            settings, store, projection, args.events, args.concurrency
+                        )
+                    )
             print(
-                f"round {number}: raw {best:.0f}/s, "
+                f"round {number}: "
+                + ", ".join(f"raw ({size} a receive) {raw[size][-1]:.0f}/s" for size in raw_sizes)
+                + ", "
                 + ", ".join(f"{name} {rates[name][-1]:.0f}/s" for name, _, _ in variants),
                 flush=True,
             )
+        best = max(raw_sizes, key=lambda size: statistics.median(raw[size]))
         print()
         print(f"{'':<34} {'events/s':>9} {'vs raw':>7}")
-        print(f"{'raw receive + complete':<34} {statistics.median(raw):>9.0f} {'1.00x':>7}")
+        for size in raw_sizes:
+            label = f"raw receive {size} + complete"
+            mark = "1.00x" if size == best else ""
+            print(f"{label:<34} {statistics.median(raw[size]):>9.0f} {mark:>7}")
         for name, _, _ in variants:
-            ratio = f"{statistics.median(ratios[name]):.2f}x"
-            print(f"{name:<34} {statistics.median(rates[name]):>9.0f} {ratio:>7}")
+            ratios = [rate / base for rate, base in zip(rates[name], raw[best], strict=True)]
+            ratio = f"{statistics.median(ratios):.2f}x"
+            spread = f"({min(ratios):.2f}-{max(ratios):.2f})"
+            print(f"{name:<34} {statistics.median(rates[name]):>9.0f} {ratio:>7} {spread}")
         print()
         for label, store in stores:
             p50, p95 = await steady_lag(
@@ -285,10 +304,24 @@ async def run(args: argparse.Namespace, settings: BusSettings, folder: Path) -> 
             drop_schema(args.postgres, schema)
 
 
+def pin(emulator: int) -> str:
+    """The emulator on the last CPU, this process (and its threads) on the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "one CPU: nothing pinned"
+    os.sched_setaffinity(emulator, {cpus[-1]})
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    return f"emulator pinned to CPU {cpus[-1]}, this process to CPU(s) {cpus[:-1]}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=8000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=1, help="of the shuffled run order")
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="leave CPUs to the scheduler"
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="the worker's in-flight cap")
     parser.add_argument("--rate", type=int, default=100, help="steady-load events/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="steady-load duration")
@@ -306,6 +339,8 @@ def main() -> int:
     if not conn.startswith("Endpoint="):
         print(f"emulator did not start: {conn!r}", file=sys.stderr)
         return 1
+    if args.pin:
+        print(pin(emulator.pid))
     try:
         with tempfile.TemporaryDirectory() as folder:
             os.environ["CLAIMCHECK_CONFIG_DIR"] = folder  # no project settings leak in
