@@ -103,7 +103,7 @@ class Projection:
         """Empty this projection's tables (the runner also clears its inbox rows)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pending:
     """One event waiting to be applied: the handler to call, the decoded event, its context."""
 

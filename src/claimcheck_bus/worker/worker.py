@@ -76,7 +76,7 @@ class _Target:
     batch: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Handling:
     """One message of a received batch on its way through the handlers to its settlement."""
 
