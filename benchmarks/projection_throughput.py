@@ -18,8 +18,9 @@ same round (a per-round maximum of two noisy rates would inflate the baseline). 
 from the first message on, so neither side pays for opening its link.
 
 Two read models per store: one statement per event (``@handles``), and one ``executemany``
-per batch (``@handles(..., batch=True)``). PostgreSQL is measured in a schema created for the
-run (dropped after); pass ``--postgres ''`` to skip it.
+per batch (``@handles(..., batch=True)``); on PostgreSQL also the first in a store with
+``pipeline=True``. PostgreSQL is measured in a schema created for the run (dropped after);
+pass ``--postgres ''`` to skip it.
 """
 
 from __future__ import annotations
@@ -212,13 +213,14 @@ async def steady_lag(
     return metrics.lag_percentile("totals", 0.5), metrics.lag_percentile("totals", 0.95)
 
 
-def postgres_store(dsn: str) -> tuple[PostgresProjectionStore, str]:
+def postgres_schema(dsn: str) -> tuple[str, str]:
+    """A DSN whose ``search_path`` is a schema created for the run, and the schema."""
     import psycopg
 
     schema = f"bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute(f"CREATE SCHEMA {schema}")
-    return PostgresProjectionStore(f"{dsn} options='-c search_path={schema}'"), schema
+    return f"{dsn} options='-c search_path={schema}'", schema
 
 
 def drop_schema(dsn: str, schema: str) -> None:
@@ -235,8 +237,8 @@ async def run(args: argparse.Namespace, settings: BusSettings, folder: Path) -> 
     schema = None
     if args.postgres:
         try:
-            pg, schema = postgres_store(args.postgres)
-            stores.append(("PostgreSQL", pg))
+            dsn, schema = postgres_schema(args.postgres)
+            stores.append(("PostgreSQL", PostgresProjectionStore(dsn)))
         except Exception as error:
             print(f"PostgreSQL skipped: {error}")
     receive = refill_size(args.concurrency, 0.5)  # what one worker receive takes
@@ -246,6 +248,10 @@ async def run(args: argparse.Namespace, settings: BusSettings, folder: Path) -> 
         for label, store in stores
         for kind, factory in (("per event", Totals), ("batch", BatchTotals))
     ]
+    if schema is not None:
+        pipelined = PostgresProjectionStore(dsn, pipeline=True)  # a batch's statements at once
+        stores.append(("PostgreSQL, pipeline", pipelined))
+        variants.append(("PostgreSQL, pipeline, per event", pipelined, Totals("%s")))
     raw: dict[int, list[float]] = {size: [] for size in raw_sizes}
     rates: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     order = random.Random(args.seed)

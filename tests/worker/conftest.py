@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from claimcheck_bus.worker import ProjectionStore
+from claimcheck_bus.worker import PostgresProjectionStore, ProjectionStore
 
 # The tests import their shared kit (worker_testkit.py) from this folder.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,19 +41,31 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str,
     ``search_path`` is a schema of this test's own."""
     if request.param == "sqlite":
         return "sqlite", str(tmp_path / "read.db")
-    dsn = request.getfixturevalue("postgres_dsn")
+    return "postgres", schema_of_its_own(request.getfixturevalue("postgres_dsn"))
+
+
+def schema_of_its_own(dsn: str) -> str:
+    """A DSN whose ``search_path`` is a new, empty schema."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute(f"CREATE SCHEMA {schema}")
-    return "postgres", f"{dsn} options='-c search_path={schema}'"
+    return f"{dsn} options='-c search_path={schema}'"
 
 
 @pytest.fixture
 def store(store_location: tuple[str, str]) -> Iterator[ProjectionStore]:
     """A fresh read-model store (SQLite file or PostgreSQL schema), closed after the test."""
     opened = open_store(*store_location)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def pipelined_store(postgres_dsn: str) -> Iterator[PostgresProjectionStore]:
+    """A fresh PostgreSQL store in pipeline mode, closed after the test."""
+    opened = PostgresProjectionStore(schema_of_its_own(postgres_dsn), pipeline=True)
     yield opened
     opened.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from worker_testkit import (
     BatchLedgerProjection,
     LedgerProjection,
@@ -12,7 +13,7 @@ from worker_testkit import (
     ledger,
 )
 
-from claimcheck_bus.worker import EventContext, Middleware, ProjectionStore
+from claimcheck_bus.worker import EventContext, Middleware, PostgresProjectionStore, ProjectionStore
 from claimcheck_bus.worker.projection import Pending, ProjectionRunner, handles
 
 
@@ -149,3 +150,36 @@ def test_a_failing_batch_handler_finds_the_event_at_fault(store: ProjectionStore
     assert projection.calls == [["o-1", "o-2", "o-3"], ["o-1"], ["o-2"], ["o-3"]]
     assert [row[0] for row in ledger(store)] == ["o-1", "o-3"]
     assert store.processed("ledger") == 2
+
+
+def test_a_pipelined_store_finds_the_event_at_fault(
+    pipelined_store: PostgresProjectionStore,
+) -> None:
+    """In pipeline mode a bad statement raises at the next fetch or the commit, here in the
+    next event's handler: the runner cannot tell whose it was, so it applies each event
+    alone, and only the one at fault fails."""
+    projection = LedgerProjection()
+    runner = started(projection, pipelined_store)
+    calls: list[str] = []
+
+    def counts_then_writes(event: OrderCreated, db: Any, context: EventContext) -> None:
+        calls.append(context.message_id)
+        db.execute("SELECT COUNT(*) FROM ledger").fetchone()  # waits for what went before
+        projection.on_created(event, db, context)
+        if context.message_id == "2":
+            db.execute("INSERT INTO ledger (order_id) VALUES ('no amount')")  # NOT NULL
+
+    batch = [
+        Pending(counts_then_writes, OrderCreated(OrderId=f"o-{i}", Amount=i), context(str(i)))
+        for i in range(4)
+    ]
+    outcomes = runner.apply_batch(batch)
+    assert outcomes[:2] == [True, True]
+    assert outcomes[3] is True
+    assert isinstance(outcomes[2], psycopg.errors.NotNullViolation)
+    assert calls == ["0", "1", "2", "3", "0", "1", "2", "3"]  # together, then each alone
+    assert [row[0] for row in ledger(pipelined_store)] == ["o-0", "o-1", "o-3"]
+    assert pipelined_store.processed("ledger") == 3
+    again = runner.apply_batch(batch)  # the batch redelivered: only the bad event runs
+    assert [again[0], again[1], again[3]] == [False, False, False]
+    assert isinstance(again[2], psycopg.errors.NotNullViolation)

@@ -225,8 +225,10 @@ class ProjectionRunner:
                         for hook in middleware:
                             hook.before_commit(batch[index].context, self.name)
                 except Exception as error:
-                    if len(run) > 1:
-                        raise  # a batch handler: no one event is known to be at fault
+                    if len(run) > 1 or self.store.defers_errors:
+                        # A batch handler, or an error that may be an earlier event's
+                        # statement surfacing: no one event is known to be at fault.
+                        raise
                     raise _EventFailed(run[0], error) from error
         return set(fresh)
 

@@ -25,6 +25,10 @@ class ProjectionStore(ABC):
     #: How many transactions the store runs at once (SQLite: one writer).
     concurrent_transactions: int = 1
 
+    #: A statement's error may surface after the handler that ran it returned (PostgreSQL's
+    #: pipeline mode): the runner then cannot tell which event of a batch failed.
+    defers_errors: bool = False
+
     @abstractmethod
     def open(self) -> None:
         """Connect and create the inbox table (idempotent)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,14 +17,25 @@ class PostgresProjectionStore(ProjectionStore):
 
     Two workers handling the same message id at once serialize on the inbox row: the second
     waits for the first's transaction and then skips (or proceeds if the first rolled back).
+
+    With ``pipeline=True`` each transaction runs in psycopg's pipeline mode: a handler's
+    statements go out without waiting for one another, one round trip per batch instead of
+    one per statement. Fetching a result (``fetchone``, ``fetchall``) still waits for it, but
+    ``rowcount`` reads -1 until something is fetched, and a failing statement raises at the
+    commit rather than where it ran, so a handler cannot catch its own statements' errors (a
+    savepoint does not help). The runner then applies each event of the batch alone, which
+    finds the one at fault. Leave it off for handlers that inspect ``rowcount`` or recover
+    from errors.
     """
 
     placeholder = "%s"
 
-    def __init__(self, conninfo: str, *, max_connections: int = 16) -> None:
+    def __init__(self, conninfo: str, *, max_connections: int = 16, pipeline: bool = False) -> None:
         self._conninfo = conninfo
         self._max = max_connections
+        self._pipeline = pipeline
         self.concurrent_transactions = max_connections
+        self.defers_errors = pipeline
         self._idle: list[Any] = []
         self._count = 0
         self._lock = threading.Condition()
@@ -98,19 +110,18 @@ class PostgresProjectionStore(ProjectionStore):
         """A pooled ``psycopg.Connection`` inside a transaction."""
         connection = self._borrow()
         try:
-            with connection.transaction():
+            with contextlib.ExitStack() as stack:
+                if self._pipeline:
+                    stack.enter_context(connection.pipeline())
+                stack.enter_context(connection.transaction())
                 yield connection
         finally:
             self._give_back(connection)
 
     def claim(self, db: Any, projection: str, message_id: str, now: datetime) -> bool:
         """Insert the inbox row; ``False`` when this projection already processed the id."""
-        cursor = db.execute(
-            f"INSERT INTO {INBOX_TABLE} (projection, message_id, processed_at)"  # noqa: S608 (a constant table name)
-            " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-            (projection, message_id, now),
-        )
-        return bool(cursor.rowcount == 1)
+        # Through the returned rows: in pipeline mode rowcount is unknown until a fetch.
+        return message_id in self.claim_batch(db, projection, [message_id], now)
 
     def claim_batch(
         self, db: Any, projection: str, message_ids: Sequence[str], now: datetime
