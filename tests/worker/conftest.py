@@ -16,7 +16,7 @@ from claimcheck_bus.worker import PostgresProjectionStore, ProjectionStore
 # The tests import their shared kit (worker_testkit.py) from this folder.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from worker_testkit import open_store
+from worker_testkit import open_store, schema_of_its_own
 
 
 @pytest.fixture
@@ -42,16 +42,6 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str,
     if request.param == "sqlite":
         return "sqlite", str(tmp_path / "read.db")
     return "postgres", schema_of_its_own(request.getfixturevalue("postgres_dsn"))
-
-
-def schema_of_its_own(dsn: str) -> str:
-    """A DSN whose ``search_path`` is a new, empty schema."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        connection.execute(f"CREATE SCHEMA {schema}")
-    return f"{dsn} options='-c search_path={schema}'"
 
 
 @pytest.fixture

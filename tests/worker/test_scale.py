@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from azure.servicebus import ServiceBusClient
-from worker_testkit import OrderCreated, ledger_count, open_store
+from worker_testkit import OrderCreated, ledger_count, open_store, schema_of_its_own
 
 from claimcheck_bus.aio import AsyncClaimCheckBus
 from claimcheck_bus.publishing import PublishReceipt
@@ -57,12 +56,7 @@ async def publish_all(settings: BusSettings, queue: str) -> list[PublishReceipt]
 def test_four_workers_two_thousand_events_into_postgres(
     bus_settings: BusSettings, postgres_dsn: str, make_queue: Callable[..., str], tmp_path: Path
 ) -> None:
-    schema = f"scale_{uuid.uuid4().hex[:10]}"
-    import psycopg
-
-    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
-        connection.execute(f"CREATE SCHEMA {schema}")
-    location = f"{postgres_dsn} options='-c search_path={schema}'"
+    location = schema_of_its_own(postgres_dsn, "scale")
     queue = make_queue(lock=5.0)
     receipts = asyncio.run(publish_all(bus_settings, queue))
     assert sum(r.route is Route.CLAIM_CHECK for r in receipts) == EVENTS // 20
