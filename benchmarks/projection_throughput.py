@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -43,6 +44,7 @@ from pydantic import BaseModel
 
 from claimcheck_bus.aio import AsyncClaimCheckBus
 from claimcheck_bus.settings import BusSettings
+from claimcheck_bus.testing.postgres_schema import schema_of_its_own
 from claimcheck_bus.worker import (
     EventContext,
     MetricsMiddleware,
@@ -213,44 +215,29 @@ async def steady_lag(
     return metrics.lag_percentile("totals", 0.5), metrics.lag_percentile("totals", 0.95)
 
 
-def postgres_schema(dsn: str) -> tuple[str, str]:
-    """A DSN whose ``search_path`` is a schema created for the run, and the schema."""
-    import psycopg
-
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        connection.execute(f"CREATE SCHEMA {schema}")
-    return f"{dsn} options='-c search_path={schema}'", schema
+def receive_size(worker: Worker) -> int:
+    """How many messages one receive of ``worker`` asks for at most."""
+    return refill_size(worker.max_concurrency, worker.refill_fraction)
 
 
-def drop_schema(dsn: str, schema: str) -> None:
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        connection.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-async def run(args: argparse.Namespace, settings: BusSettings, folder: Path) -> None:
+async def run(
+    args: argparse.Namespace, settings: BusSettings, folder: Path, dsn: str | None
+) -> None:
     stores: list[tuple[str, ProjectionStore]] = [
         ("SQLite", SQLiteProjectionStore(folder / "bench.db"))
     ]
-    schema = None
-    if args.postgres:
-        try:
-            dsn, schema = postgres_schema(args.postgres)
-            stores.append(("PostgreSQL", PostgresProjectionStore(dsn)))
-        except Exception as error:
-            print(f"PostgreSQL skipped: {error}")
+    if dsn is not None:
+        stores.append(("PostgreSQL", PostgresProjectionStore(dsn)))
     # What one receive of this worker takes, twice that, and what a default worker's takes:
     # the baseline is whichever the SDK runs fastest.
-    receive = refill_size(args.concurrency, 0.5)
-    raw_sizes = sorted({receive, 2 * receive, refill_size(64, 0.5)})
+    receive = receive_size(Worker(settings, max_concurrency=args.concurrency))
+    raw_sizes = sorted({receive, 2 * receive, receive_size(Worker(settings))})
     variants = [
         (f"{label} projection, {kind}", store, factory(store.placeholder))
         for label, store in stores
         for kind, factory in (("per event", Totals), ("batch", BatchTotals))
     ]
-    if schema is not None:
+    if dsn is not None:
         pipelined = PostgresProjectionStore(dsn, pipeline=True)  # a batch's statements at once
         stores.append(("PostgreSQL, pipeline", pipelined))
         variants.append(("PostgreSQL, pipeline, per event", pipelined, Totals("%s")))
@@ -308,8 +295,6 @@ async def run(args: argparse.Namespace, settings: BusSettings, folder: Path) -> 
     finally:
         for _, store in stores:
             store.close()
-        if schema is not None:
-            drop_schema(args.postgres, schema)
 
 
 def pin(emulator: int) -> str:
@@ -350,13 +335,19 @@ def main() -> int:
     if args.pin:
         print(pin(emulator.pid))
     try:
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as cleanup:
             os.environ["CLAIMCHECK_CONFIG_DIR"] = folder  # no project settings leak in
             settings = BusSettings(
                 service_bus={"connection_string": conn, "default_queue_name": QUEUE},
                 claim_check={"enabled": False},
             )
-            asyncio.run(run(args, settings, Path(folder)))
+            dsn = None
+            if args.postgres:
+                try:
+                    dsn = cleanup.enter_context(schema_of_its_own(args.postgres, "bench"))
+                except Exception as error:
+                    print(f"PostgreSQL skipped: {error}")
+            asyncio.run(run(args, settings, Path(folder), dsn))
     finally:
         emulator.terminate()
         emulator.wait(10)

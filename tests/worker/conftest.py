@@ -16,7 +16,9 @@ from claimcheck_bus.worker import PostgresProjectionStore, ProjectionStore
 # The tests import their shared kit (worker_testkit.py) from this folder.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from worker_testkit import open_store, schema_of_its_own
+from worker_testkit import open_store
+
+from claimcheck_bus.testing.postgres_schema import schema_of_its_own
 
 
 @pytest.fixture
@@ -41,7 +43,14 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str,
     ``search_path`` is a schema of this test's own."""
     if request.param == "sqlite":
         return "sqlite", str(tmp_path / "read.db")
-    return "postgres", schema_of_its_own(request.getfixturevalue("postgres_dsn"))
+    return "postgres", request.getfixturevalue("postgres_schema")
+
+
+@pytest.fixture
+def postgres_schema(postgres_dsn: str) -> Iterator[str]:
+    """A DSN whose ``search_path`` is a schema of this test's own (dropped after it)."""
+    with schema_of_its_own(postgres_dsn) as dsn:
+        yield dsn
 
 
 @pytest.fixture
@@ -53,9 +62,9 @@ def store(store_location: tuple[str, str]) -> Iterator[ProjectionStore]:
 
 
 @pytest.fixture
-def pipelined_store(postgres_dsn: str) -> Iterator[PostgresProjectionStore]:
+def pipelined_store(postgres_schema: str) -> Iterator[PostgresProjectionStore]:
     """A fresh PostgreSQL store in pipeline mode, closed after the test."""
-    opened = PostgresProjectionStore(schema_of_its_own(postgres_dsn), pipeline=True)
+    opened = PostgresProjectionStore(postgres_schema, pipeline=True)
     yield opened
     opened.close()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from azure.servicebus import ServiceBusClient
-from worker_testkit import OrderCreated, ledger_count, open_store, schema_of_its_own
+from worker_testkit import OrderCreated, ledger_count, open_store
 
 from claimcheck_bus.aio import AsyncClaimCheckBus
 from claimcheck_bus.publishing import PublishReceipt
@@ -54,9 +54,12 @@ async def publish_all(settings: BusSettings, queue: str) -> list[PublishReceipt]
 
 @pytest.mark.slow
 def test_four_workers_two_thousand_events_into_postgres(
-    bus_settings: BusSettings, postgres_dsn: str, make_queue: Callable[..., str], tmp_path: Path
+    bus_settings: BusSettings,
+    postgres_schema: str,
+    make_queue: Callable[..., str],
+    tmp_path: Path,
 ) -> None:
-    location = schema_of_its_own(postgres_dsn, "scale")
+    location = postgres_schema
     queue = make_queue(lock=5.0)
     receipts = asyncio.run(publish_all(bus_settings, queue))
     assert sum(r.route is Route.CLAIM_CHECK for r in receipts) == EVENTS // 20

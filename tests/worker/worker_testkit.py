@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import signal
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -126,16 +125,6 @@ def fast_worker(settings: BusSettings, **options: Any) -> Worker:
         "shutdown_timeout": 5.0,
     }
     return Worker(settings, **{**defaults, **options})
-
-
-def schema_of_its_own(dsn: str, prefix: str = "t") -> str:
-    """A DSN whose ``search_path`` is a new, empty schema."""
-    import psycopg
-
-    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        connection.execute(f"CREATE SCHEMA {schema}")
-    return f"{dsn} options='-c search_path={schema}'"
 
 
 def open_store(kind: str, location: str) -> ProjectionStore:
