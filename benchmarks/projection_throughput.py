@@ -21,6 +21,11 @@ Two read models per store: one statement per event (``@handles``), and one ``exe
 per batch (``@handles(..., batch=True)``); on PostgreSQL also the first in a store with
 ``pipeline=True``. PostgreSQL is measured in a schema created for the run (dropped after);
 pass ``--postgres ''`` to skip it.
+
+A local PostgreSQL server shares the broker's and the consumer's CPUs, which the raw loop
+never has to. After the rounds, paired raw runs with and without the batch projection's
+statements running server-side (a procedure paced to keep the server as busy as the
+projection did, read from ``/proc``) show what that costs the raw rate.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +168,9 @@ class Settled(Middleware):
 
 async def projected_rate(
     settings: BusSettings, store: ProjectionStore, projection: Projection, n: int, capacity: int
-) -> float:
+) -> tuple[float, float | None]:
+    """Events/s from the first settlement on, and the share of a CPU the local PostgreSQL
+    server used meanwhile (``None`` where it cannot be read)."""
     await asyncio.to_thread(reset_projection, projection, store)
     await publish(settings, n)
     settled = Settled()
@@ -173,15 +180,17 @@ async def projected_rate(
     stop = asyncio.Event()
     task = asyncio.create_task(worker.serve(stop))
     await settled.until(1)
-    first, started = settled.count, time.perf_counter()
+    first, started, cpu = settled.count, time.perf_counter(), postgres_cpu()
     await settled.until(n)
     elapsed = time.perf_counter() - started
+    server = postgres_cpu()
     stop.set()
     await task
     applied = await asyncio.to_thread(count, store)
     if applied != n:
         raise RuntimeError(f"{applied} of {n} events in the read model")
-    return (n - first) / elapsed
+    share = None if cpu is None or server is None else (server - cpu) / elapsed
+    return (n - first) / elapsed, share
 
 
 async def steady_lag(
@@ -215,6 +224,68 @@ async def steady_lag(
     return metrics.lag_percentile("totals", 0.5), metrics.lag_percentile("totals", 0.95)
 
 
+#: The database work of the batch projection, done by the server alone: per event an inbox row
+#: and an upsert, a commit per 32, paced to ``per_second``, until cancelled. No client work.
+SERVER_LOAD = """
+CREATE TABLE IF NOT EXISTS load_inbox (projection TEXT NOT NULL, message_id TEXT NOT NULL,
+    processed_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (projection, message_id));
+CREATE INDEX IF NOT EXISTS load_inbox_at ON load_inbox (processed_at);
+CREATE TABLE IF NOT EXISTS load_totals (order_id TEXT PRIMARY KEY, amount INTEGER);
+CREATE OR REPLACE PROCEDURE load_run(per_second INT) LANGUAGE plpgsql AS $$
+DECLARE started TIMESTAMPTZ := clock_timestamp(); done INT := 0; ahead FLOAT; i INT;
+BEGIN
+  LOOP
+    INSERT INTO load_inbox SELECT 'load', gen_random_uuid()::TEXT, now()
+        FROM generate_series(1, 32) ORDER BY 2 ON CONFLICT DO NOTHING;
+    FOR i IN 1..32 LOOP
+      INSERT INTO load_totals VALUES (gen_random_uuid()::TEXT, i)
+          ON CONFLICT (order_id) DO UPDATE SET amount = excluded.amount;
+    END LOOP;
+    COMMIT;
+    done := done + 32;
+    ahead := done::FLOAT / per_second - extract(epoch FROM clock_timestamp() - started);
+    IF ahead > 0 THEN PERFORM pg_sleep(ahead); END IF;
+  END LOOP;
+END $$;
+"""
+
+
+def postgres_cpu() -> float | None:
+    """CPU seconds the local PostgreSQL server's processes have used, exited children
+    included; ``None`` where ``/proc`` does not show them (another machine, no permission)."""
+    total, found = 0.0, False
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if not Path(f"/proc/{pid}/comm").read_text().startswith("postgres"):
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found = True
+        total += sum(int(f) for f in fields[11:15])  # utime, stime, children's utime, stime
+    return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
+@contextlib.asynccontextmanager
+async def server_load(dsn: str, per_second: int) -> AsyncIterator[None]:
+    """PostgreSQL busy with a projection's statements at ``per_second`` events, for a raw run
+    to show what the database's CPU costs the broker and the consumer on this machine."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(SERVER_LOAD)
+        connection.execute("TRUNCATE load_inbox, load_totals")
+        call = asyncio.create_task(
+            asyncio.to_thread(connection.execute, "CALL load_run(%s)", (per_second,))
+        )
+        try:
+            yield
+        finally:
+            connection.cancel()
+            with contextlib.suppress(psycopg.errors.QueryCanceled):
+                await call
+
+
 def receive_size(worker: Worker) -> int:
     """How many messages one receive of ``worker`` asks for at most."""
     return refill_size(worker.max_concurrency, worker.refill_fraction)
@@ -243,6 +314,7 @@ async def run(
         variants.append(("PostgreSQL, pipeline, per event", pipelined, Totals("%s")))
     raw: dict[int, list[float]] = {size: [] for size in raw_sizes}
     rates: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    server_shares: dict[str, list[float]] = {}  # of a CPU, PostgreSQL's, by variant
     order = random.Random(args.seed)
     try:
         for number in range(1, args.rounds + 1):
@@ -254,11 +326,12 @@ async def run(
                     raw[what].append(await raw_rate(settings, args.events, what))
                 else:
                     name, store, projection = what
-                    rates[name].append(
-                        await projected_rate(
-                            settings, store, projection, args.events, args.concurrency
-                        )
+                    rate, share = await projected_rate(
+                        settings, store, projection, args.events, args.concurrency
                     )
+                    rates[name].append(rate)
+                    if share is not None:
+                        server_shares.setdefault(name, []).append(share)
             print(
                 f"round {number}: "
                 + ", ".join(f"raw ({size} a receive) {raw[size][-1]:.0f}/s" for size in raw_sizes)
@@ -278,6 +351,8 @@ async def run(
             ratio = f"{statistics.median(ratios):.2f}x"
             spread = f"({min(ratios):.2f}-{max(ratios):.2f})"
             print(f"{name:<34} {statistics.median(rates[name]):>9.0f} {ratio:>7} {spread}")
+        if dsn is not None:
+            await beside_load(args, settings, dsn, best, rates, raw[best], server_shares)
         print()
         for label, store in stores:
             p50, p95 = await steady_lag(
@@ -295,6 +370,49 @@ async def run(
     finally:
         for _, store in stores:
             store.close()
+
+
+async def beside_load(
+    args: argparse.Namespace,
+    settings: BusSettings,
+    dsn: str,
+    size: int,
+    rates: dict[str, list[float]],
+    baseline: list[float],
+    server_shares: dict[str, list[float]],
+) -> None:
+    """The raw rate beside the batch projection's database load, against the raw rate alone
+    (paired runs). Where the database shares the broker's and the consumer's CPUs, part of
+    a PostgreSQL projection's gap is the server's own CPU, which a remote database would not
+    take from them. The load is paced to keep the server as busy as the projection did."""
+    name = "PostgreSQL projection, batch"
+    if not server_shares.get(name):
+        return  # the server's CPU is not readable from here: nothing to match the load to
+    target = statistics.median(server_shares[name])
+    per_second = round(statistics.median(rates[name]))
+    started, cpu = time.perf_counter(), postgres_cpu()
+    async with server_load(dsn, per_second):
+        await asyncio.sleep(2.0)  # calibration: how busy this pace keeps the server
+    measured = ((postgres_cpu() or 0.0) - (cpu or 0.0)) / (time.perf_counter() - started)
+    pace = round(per_second * target / measured) if measured > 0 else per_second
+    slowdowns, shares = [], []
+    for _ in range(args.rounds):
+        alone = await raw_rate(settings, args.events, size)
+        started, cpu = time.perf_counter(), postgres_cpu()
+        async with server_load(dsn, pace):
+            loaded = await raw_rate(settings, args.events, size)
+        shares.append(((postgres_cpu() or 0.0) - (cpu or 0.0)) / (time.perf_counter() - started))
+        slowdowns.append(loaded / alone)
+    slowdown = statistics.median(slowdowns)
+    ratio = statistics.median(r / b for r, b in zip(rates[name], baseline, strict=True))
+    print(
+        f"PostgreSQL server busy: {target:.0%} of a CPU during the batch projection,"
+        f" {statistics.median(shares):.0%} during its load ({pace} events/s, server-side)"
+    )
+    print(
+        f"raw receive {size} + complete beside that load: {slowdown:.2f}x of the raw rate"
+        f" ({min(slowdowns):.2f}-{max(slowdowns):.2f}); against it, {name}: {ratio / slowdown:.2f}x"
+    )
 
 
 def pin(emulator: int) -> str:
