@@ -180,7 +180,8 @@ async def projected_rate(
     stop = asyncio.Event()
     task = asyncio.create_task(worker.serve(stop))
     await settled.until(1)
-    first, started, cpu = settled.count, time.perf_counter(), postgres_cpu()
+    cpu = postgres_cpu()  # before the clock starts: reading /proc takes a few milliseconds
+    first, started = settled.count, time.perf_counter()
     await settled.until(n)
     elapsed = time.perf_counter() - started
     server = postgres_cpu()
