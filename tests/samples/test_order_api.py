@@ -2,14 +2,15 @@
 
 import json
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
 from samples.events import OrderCreated
 from samples.order_api import create_app
 
 from claimcheck_bus import BusSettings, ClaimCheckBus
 
 from .factories import order_body
+from .served import served
 
 
 @pytest.fixture
@@ -22,12 +23,12 @@ def settings(bus_settings: BusSettings, monkeypatch: pytest.MonkeyPatch) -> BusS
 @pytest.fixture
 def client(settings: BusSettings, fresh_queue: str, tmp_path):
     app = create_app(tmp_path / "orders.db", settings=settings, queue=fresh_queue)
-    with TestClient(app) as client:
+    with served(app) as client:
         yield client
 
 
 def test_orders_are_published_inline_or_claim_checked_by_size(
-    client: TestClient, settings: BusSettings, fresh_queue: str
+    client: httpx.Client, settings: BusSettings, fresh_queue: str
 ) -> None:
     small = client.post("/orders", json=order_body("cust-small", 2))
     large = client.post("/orders", json=order_body("cust-large", 700))
@@ -59,7 +60,7 @@ def test_orders_are_published_inline_or_claim_checked_by_size(
     assert status["route"] == "claim-check"
 
 
-def test_invalid_order_gets_422_naming_the_problems(client: TestClient) -> None:
+def test_invalid_order_gets_422_naming_the_problems(client: httpx.Client) -> None:
     body = order_body()
     body["Products"][0]["Quantity"] = 0
     del body["BillingAddress"]
@@ -70,7 +71,7 @@ def test_invalid_order_gets_422_naming_the_problems(client: TestClient) -> None:
     assert (("body", "BillingAddress"), "Field required") in problems
 
 
-def test_unknown_order_is_404(client: TestClient) -> None:
+def test_unknown_order_is_404(client: httpx.Client) -> None:
     assert client.get("/orders/nope").status_code == 404
 
 
@@ -91,7 +92,7 @@ def test_orders_stored_but_never_published_are_published_at_start(
     store.close()
 
     app = create_app(tmp_path / "orders.db", settings=settings, queue=fresh_queue)
-    with TestClient(app) as client:
+    with served(app) as client:
         assert client.get("/orders/o-crash").json()["published"] is True
     with ClaimCheckBus(settings) as bus:
         received = bus.receive(OrderCreated, queue=fresh_queue, max_wait=5)
