@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -353,7 +353,14 @@ async def run(
             spread = f"({min(ratios):.2f}-{max(ratios):.2f})"
             print(f"{name:<34} {statistics.median(rates[name]):>9.0f} {ratio:>7} {spread}")
         if dsn is not None:
-            await beside_load(args, settings, dsn, best, rates, raw[best], server_shares)
+            sqlite = next(v for v in variants if v[0] == "SQLite projection, batch")
+            paired = {
+                f"raw receive {best} + complete": lambda: raw_rate(settings, args.events, best),
+                sqlite[0]: lambda: first_of(
+                    projected_rate(settings, *sqlite[1:], args.events, args.concurrency)
+                ),
+            }
+            await beside_load(args, dsn, paired, rates, raw[best], server_shares)
         print()
         for label, store in stores:
             p50, p95 = await steady_lag(
@@ -373,19 +380,22 @@ async def run(
             store.close()
 
 
+async def first_of(pair: Awaitable[tuple[float, Any]]) -> float:
+    return (await pair)[0]
+
+
 async def beside_load(
     args: argparse.Namespace,
-    settings: BusSettings,
     dsn: str,
-    size: int,
+    runs: Mapping[str, Callable[[], Awaitable[float]]],
     rates: dict[str, list[float]],
     baseline: list[float],
     server_shares: dict[str, list[float]],
 ) -> None:
-    """The raw rate beside the batch projection's database load, against the raw rate alone
-    (paired runs). Where the database shares the broker's and the consumer's CPUs, part of
-    a PostgreSQL projection's gap is the server's own CPU, which a remote database would not
-    take from them. The load is paced to keep the server as busy as the projection did."""
+    """Each of ``runs`` alone and beside the batch projection's database load (paired runs).
+    Where the database shares the broker's and the consumer's CPUs, part of a PostgreSQL
+    projection's gap is the server's own CPU, which a remote database would not take from
+    them. The load is paced to keep the server as busy as the projection did."""
     name = "PostgreSQL projection, batch"
     if not server_shares.get(name):
         return  # the server's CPU is not readable from here: nothing to match the load to
@@ -396,24 +406,28 @@ async def beside_load(
         await asyncio.sleep(2.0)  # calibration: how busy this pace keeps the server
     measured = ((postgres_cpu() or 0.0) - (cpu or 0.0)) / (time.perf_counter() - started)
     pace = round(per_second * target / measured) if measured > 0 else per_second
-    slowdowns, shares = [], []
+    slowdowns: dict[str, list[float]] = {label: [] for label in runs}
+    shares = []
     for _ in range(args.rounds):
-        alone = await raw_rate(settings, args.events, size)
-        started, cpu = time.perf_counter(), postgres_cpu()
-        async with server_load(dsn, pace):
-            loaded = await raw_rate(settings, args.events, size)
-        shares.append(((postgres_cpu() or 0.0) - (cpu or 0.0)) / (time.perf_counter() - started))
-        slowdowns.append(loaded / alone)
-    slowdown = statistics.median(slowdowns)
-    ratio = statistics.median(r / b for r, b in zip(rates[name], baseline, strict=True))
+        for label, run in runs.items():
+            alone = await run()
+            started, cpu = time.perf_counter(), postgres_cpu()
+            async with server_load(dsn, pace):
+                loaded = await run()
+            elapsed = time.perf_counter() - started
+            shares.append(((postgres_cpu() or 0.0) - (cpu or 0.0)) / elapsed)
+            slowdowns[label].append(loaded / alone)
     print(
         f"PostgreSQL server busy: {target:.0%} of a CPU during the batch projection,"
-        f" {statistics.median(shares):.0%} during its load ({pace} events/s, server-side)"
+        f" {statistics.median(shares):.0%} during its load ({pace} events/s, server-side)."
+        " Beside that load, against the same runs alone:"
     )
-    print(
-        f"raw receive {size} + complete beside that load: {slowdown:.2f}x of the raw rate"
-        f" ({min(slowdowns):.2f}-{max(slowdowns):.2f}); against it, {name}: {ratio / slowdown:.2f}x"
-    )
+    for label, values in slowdowns.items():
+        spread = f"({min(values):.2f}-{max(values):.2f})"
+        print(f"  {label:<32} {statistics.median(values):.2f}x {spread}")
+    ratio = statistics.median(r / b for r, b in zip(rates[name], baseline, strict=True))
+    raw_slowdown = statistics.median(next(iter(slowdowns.values())))
+    print(f"  {name} against the raw rate beside the load: {ratio / raw_slowdown:.2f}x")
 
 
 def pin(emulator: int) -> str:
