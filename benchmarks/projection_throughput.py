@@ -180,17 +180,16 @@ async def projected_rate(
     stop = asyncio.Event()
     task = asyncio.create_task(worker.serve(stop))
     await settled.until(1)
-    cpu = postgres_cpu()  # before the clock starts: reading /proc takes a few milliseconds
+    mark = server_mark()
     first, started = settled.count, time.perf_counter()
     await settled.until(n)
     elapsed = time.perf_counter() - started
-    server = postgres_cpu()
+    share = server_share(mark)
     stop.set()
     await task
     applied = await asyncio.to_thread(count, store)
     if applied != n:
         raise RuntimeError(f"{applied} of {n} events in the read model")
-    share = None if cpu is None or server is None else (server - cpu) / elapsed
     return (n - first) / elapsed, share
 
 
@@ -265,6 +264,19 @@ def postgres_cpu() -> float | None:
         found = True
         total += sum(int(f) for f in fields[11:15])  # utime, stime, children's utime, stime
     return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def server_mark() -> tuple[float, float | None]:
+    """Now, and the server's CPU seconds so far: the start of a :func:`server_share`."""
+    cpu = postgres_cpu()  # first: reading /proc takes a few milliseconds
+    return time.perf_counter(), cpu
+
+
+def server_share(since: tuple[float, float | None]) -> float | None:
+    """The share of a CPU the local PostgreSQL server has used since ``since``."""
+    started, cpu = since
+    now = postgres_cpu()
+    return None if cpu is None or now is None else (now - cpu) / (time.perf_counter() - started)
 
 
 @contextlib.asynccontextmanager
@@ -401,21 +413,20 @@ async def beside_load(
         return  # the server's CPU is not readable from here: nothing to match the load to
     target = statistics.median(server_shares[name])
     per_second = round(statistics.median(rates[name]))
-    started, cpu = time.perf_counter(), postgres_cpu()
+    mark = server_mark()
     async with server_load(dsn, per_second):
         await asyncio.sleep(2.0)  # calibration: how busy this pace keeps the server
-    measured = ((postgres_cpu() or 0.0) - (cpu or 0.0)) / (time.perf_counter() - started)
+    measured = server_share(mark) or 0.0
     pace = round(per_second * target / measured) if measured > 0 else per_second
     slowdowns: dict[str, list[float]] = {label: [] for label in runs}
     shares = []
     for _ in range(args.rounds):
         for label, run in runs.items():
             alone = await run()
-            started, cpu = time.perf_counter(), postgres_cpu()
+            mark = server_mark()
             async with server_load(dsn, pace):
                 loaded = await run()
-            elapsed = time.perf_counter() - started
-            shares.append(((postgres_cpu() or 0.0) - (cpu or 0.0)) / elapsed)
+            shares.append(server_share(mark) or 0.0)
             slowdowns[label].append(loaded / alone)
     print(
         f"PostgreSQL server busy: {target:.0%} of a CPU during the batch projection,"
