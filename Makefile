@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint demo clean sync
 
 setup: $(PIP_STAMP) $(NPM_STAMP)
 
@@ -22,10 +22,11 @@ $(NPM_STAMP): package.json package-lock.json
 	@npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-LINT_PATHS := $(wildcard src tests benchmarks samples)
+LINT_PATHS := $(wildcard src tests benchmarks samples scripts)
 
 lint: $(PIP_STAMP)
-	@echo "==> ruff and mypy --strict"
+	@echo "==> sync code generated from async, ruff and mypy --strict"
+	@$(PY) scripts/unasync.py --check
 	@$(PY) -m ruff check $(LINT_PATHS)
 	@$(PY) -m ruff format --check $(LINT_PATHS)
 	@$(PY) -m mypy
@@ -33,6 +34,10 @@ lint: $(PIP_STAMP)
 test: setup lint
 	@echo "==> pytest"
 	@$(PY) -m pytest
+
+# Regenerate src/claimcheck_bus/_sync from src/claimcheck_bus/_async after editing the latter.
+sync: $(PIP_STAMP)
+	@$(PY) scripts/unasync.py
 
 # `make demo ARGS=--keep-running` leaves the stack up and prints its URLs.
 demo: setup

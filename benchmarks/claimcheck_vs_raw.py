@@ -30,8 +30,8 @@ from azure.servicebus import ServiceBusClient, ServiceBusMessage
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
 from claimcheck_bus import BusSettings, ClaimCheckBus
+from claimcheck_bus.claim_check.wire import cloudevent_properties
 from claimcheck_bus.testing.azurite import AzuriteProcess, connection_string_for, find_azurite
-from claimcheck_bus.wire import cloudevent_properties
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024

@@ -35,12 +35,12 @@ def child(mode: str, url: str, digest: str) -> None:
     """Download once in ``mode`` and print: mode, MB above baseline, MB/s."""
     import httpx
 
-    from claimcheck_bus.payload_download import (
+    from claimcheck_bus.claim_check.urls import TrustedEndpoint, check_payload_url
+    from claimcheck_bus.payloads.download import (
         AsyncPayloadDownloader,
         DownloadPolicy,
         PayloadDownloader,
     )
-    from claimcheck_bus.payload_urls import TrustedEndpoint, check_payload_url
 
     endpoint = TrustedEndpoint.parse(url.split("?", 1)[0].rsplit("/", 1)[0])
     location = check_payload_url(url, [endpoint])

@@ -47,7 +47,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from claimcheck_bus.aio import AsyncClaimCheckBus
+from claimcheck_bus import AsyncClaimCheckBus
 from claimcheck_bus.settings import BusSettings
 from claimcheck_bus.testing.postgres_schema import schema_of_its_own
 from claimcheck_bus.worker import (

@@ -70,7 +70,7 @@ def child(variant: str, mb: int, connection_string: str, container: str) -> dict
             return before, time.perf_counter() - start
 
     def run_store(data: bytes | memoryview) -> Measure:
-        from claimcheck_bus.payload_stores import AzureBlobPayloadStore
+        from claimcheck_bus.payloads import AzureBlobPayloadStore
 
         with AzureBlobPayloadStore.from_connection_string(connection_string, container) as store:
             store.upload(
@@ -84,7 +84,7 @@ def child(variant: str, mb: int, connection_string: str, container: str) -> dict
             return before, time.perf_counter() - start
 
     async def run_async_store(data: bytes, **client_kwargs: Any) -> Measure:
-        from claimcheck_bus.payload_stores import AsyncAzureBlobPayloadStore
+        from claimcheck_bus.payloads import AsyncAzureBlobPayloadStore
 
         async with AsyncAzureBlobPayloadStore.from_connection_string(
             connection_string, container, **client_kwargs

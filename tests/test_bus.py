@@ -30,9 +30,9 @@ from claimcheck_bus import (
     Route,
     rehydrate,
 )
-from claimcheck_bus.publishing import Publication, PublishOptions, utc_now
+from claimcheck_bus.claim_check.publication import Publication, PublishOptions, utc_now
+from claimcheck_bus.claim_check.wire import wire_size
 from claimcheck_bus.testing.azurite import Azurite
-from claimcheck_bus.wire import wire_size
 
 KB = 1024
 MB = 1024 * KB

@@ -4,10 +4,13 @@ Small events travel inline; large ones go to Blob Storage and the message carrie
 SAS link (the conditional claim-check of the original .NET design, wire-compatible with it).
 """
 
+from claimcheck_bus._async.bus import AsyncClaimCheckBus, AsyncReceivedEvent
+from claimcheck_bus._async.reader import rehydrate as rehydrate_async
+from claimcheck_bus._sync.bus import ClaimCheckBus, ReceivedEvent
+from claimcheck_bus._sync.reader import rehydrate
 from claimcheck_bus._version import __version__
-from claimcheck_bus.aio import AsyncClaimCheckBus, AsyncReceivedEvent
-from claimcheck_bus.aio import rehydrate as rehydrate_async
-from claimcheck_bus.bus import ClaimCheckBus, ReceivedEvent, rehydrate
+from claimcheck_bus.claim_check.publication import PublishReceipt
+from claimcheck_bus.claim_check.wire import Route
 from claimcheck_bus.errors import (
     BatchPublishError,
     ClaimCheckBusError,
@@ -25,9 +28,7 @@ from claimcheck_bus.errors import (
     UntrustedPayloadUrlError,
 )
 from claimcheck_bus.events import PascalCaseEvent
-from claimcheck_bus.publishing import PublishReceipt
 from claimcheck_bus.settings import BusSettings
-from claimcheck_bus.wire import Route
 
 __all__ = [
     "AsyncClaimCheckBus",

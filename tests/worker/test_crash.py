@@ -15,7 +15,7 @@ import pytest
 from azure.servicebus import ServiceBusClient
 from worker_testkit import OrderCreated, ledger, ledger_count, open_store
 
-from claimcheck_bus.bus import ClaimCheckBus
+from claimcheck_bus import ClaimCheckBus
 from claimcheck_bus.settings import BusSettings
 from claimcheck_bus.testing.polling import wait_for
 

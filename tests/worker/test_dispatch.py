@@ -11,13 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from claimcheck_bus.claim_check.publication import event_version_property
 from claimcheck_bus.errors import (
     EventDecodeError,
     PayloadNotFoundError,
     PayloadUnavailableError,
     UntrustedPayloadUrlError,
 )
-from claimcheck_bus.publishing import event_version_property
 from claimcheck_bus.worker.dispatch import (
     BUSY_RECEIVE_WAIT,
     LINK_OPEN_WAIT,

@@ -18,7 +18,7 @@ from worker_testkit import (
     running,
 )
 
-from claimcheck_bus.aio import AsyncClaimCheckBus
+from claimcheck_bus import AsyncClaimCheckBus
 from claimcheck_bus.settings import BusSettings
 from claimcheck_bus.testing.polling import wait_for_async
 from claimcheck_bus.worker import (

@@ -16,11 +16,11 @@ import pytest
 from azure.servicebus import ServiceBusClient
 from worker_testkit import OrderCreated, ledger_count, open_store
 
-from claimcheck_bus.aio import AsyncClaimCheckBus
-from claimcheck_bus.publishing import PublishReceipt
+from claimcheck_bus import AsyncClaimCheckBus
+from claimcheck_bus.claim_check.publication import PublishReceipt
+from claimcheck_bus.claim_check.wire import Route
 from claimcheck_bus.settings import BusSettings
 from claimcheck_bus.testing.polling import wait_for
-from claimcheck_bus.wire import Route
 
 KIT = Path(__file__).parent / "worker_testkit.py"
 EVENTS = 2000

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from claimcheck_bus.aio import AsyncReceivedEvent
+from claimcheck_bus import AsyncReceivedEvent
 from claimcheck_bus.worker.dispatch import renew_delay
 
 log = logging.getLogger("claimcheck_bus.worker")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from claimcheck_bus.aio import AsyncClaimCheckBus, AsyncReceivedEvent
+from claimcheck_bus import AsyncClaimCheckBus, AsyncReceivedEvent
 from claimcheck_bus.errors import InvalidEventError
 from claimcheck_bus.events import deserialize
 from claimcheck_bus.settings import BusSettings

@@ -19,21 +19,17 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from types import TracebackType
-from typing import BinaryIO
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import httpx
 
-from claimcheck_bus.payload_store import (
+from claimcheck_bus.payloads.store import (
     ACCOUNT_KEY_MAX_LIFETIME,
     StoredPayload,
     digest,
     storage_error,
     with_sha256,
 )
-
-__all__ = ["AsyncMemoryPayloadStore", "MemoryPayloadStore"]
 
 MEMORY_ENDPOINT = "https://payloads.memory.invalid/memoryaccount"
 _SAS_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -52,7 +48,7 @@ class MemoryBlob:
     metadata: Mapping[str, str]
 
 
-class _MemoryCore:
+class MemoryCore:
     """The blobs, the signing secret and the HTTP face, shared by both twins (no I/O)."""
 
     def __init__(
@@ -168,91 +164,3 @@ class _MemoryCore:
 
 def _refusal(status: int, code: str) -> httpx.Response:
     return httpx.Response(status, headers={"x-ms-error-code": code})
-
-
-class MemoryPayloadStore(_MemoryCore):
-    """Payloads in a dict (blocking calls; thread-safe): a stand-in for unit tests."""
-
-    def upload(
-        self,
-        blob_name: str,
-        data: bytes | memoryview,
-        *,
-        content_type: str,
-        metadata: Mapping[str, str],
-        sas_expires_on: datetime,
-    ) -> StoredPayload:
-        """Store ``data`` as ``blob_name`` (overwriting) and return its read-only link."""
-        return self._put(blob_name, data, content_type, metadata, sas_expires_on)
-
-    def delete(self, blob_name: str) -> bool:
-        """Delete the payload; False when it was already gone."""
-        return self._remove(blob_name)
-
-    def read(self, blob_name: str) -> bytes:
-        """The payload's bytes."""
-        return self._get(blob_name)
-
-    def read_to(self, blob_name: str, sink: BinaryIO) -> int:
-        """Write the payload into ``sink``; returns the number of bytes written."""
-        data = self._get(blob_name)
-        sink.write(data)
-        return len(data)
-
-    def close(self) -> None:
-        """Nothing to release; the payloads stay readable."""
-
-    def __enter__(self) -> MemoryPayloadStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncMemoryPayloadStore(_MemoryCore):
-    """Payloads in a dict (``asyncio``): a stand-in for unit tests."""
-
-    async def upload(
-        self,
-        blob_name: str,
-        data: bytes | memoryview,
-        *,
-        content_type: str,
-        metadata: Mapping[str, str],
-        sas_expires_on: datetime,
-    ) -> StoredPayload:
-        """Store ``data`` as ``blob_name`` (overwriting) and return its read-only link."""
-        return self._put(blob_name, data, content_type, metadata, sas_expires_on)
-
-    async def delete(self, blob_name: str) -> bool:
-        """Delete the payload; False when it was already gone."""
-        return self._remove(blob_name)
-
-    async def read(self, blob_name: str) -> bytes:
-        """The payload's bytes."""
-        return self._get(blob_name)
-
-    async def read_to(self, blob_name: str, sink: BinaryIO) -> int:
-        """Write the payload into ``sink``; returns the number of bytes written."""
-        data = self._get(blob_name)
-        sink.write(data)
-        return len(data)
-
-    async def close(self) -> None:
-        """Nothing to release; the payloads stay readable."""
-
-    async def __aenter__(self) -> AsyncMemoryPayloadStore:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()

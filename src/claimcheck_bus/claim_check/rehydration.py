@@ -13,27 +13,30 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import unquote
 
 from claimcheck_bus import _sdk
-from claimcheck_bus.errors import EventDecodeError, PayloadIntegrityError, PayloadTooLargeError
-from claimcheck_bus.payload_urls import (
+from claimcheck_bus.claim_check.urls import (
     PayloadLocation,
     TrustedEndpoint,
     blob_endpoint_from_connection_string,
     check_payload_url,
     own_endpoint,
 )
-from claimcheck_bus.settings import ClaimCheckSettings
-from claimcheck_bus.wire import (
+from claimcheck_bus.claim_check.wire import (
     ClaimCheckRef,
     cloudevent_attribute,
+    declares_claim_check,
     normalise_properties,
     read_claim_check,
 )
+from claimcheck_bus.errors import EventDecodeError, PayloadIntegrityError, PayloadTooLargeError
+from claimcheck_bus.events import deserialize
+from claimcheck_bus.settings import ClaimCheckSettings
 
 MB = 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -205,3 +208,59 @@ def decode_content(
             f"payload inflates beyond the receiver's limit of {max_bytes} bytes", **where
         )
     return data
+
+
+def decode(incoming: IncomingMessage, payload: bytes, as_type: type[T]) -> T:
+    """The typed event from its payload bytes."""
+    return deserialize(payload, as_type, content_type=incoming.content_type, **where(incoming))
+
+
+class EventView(Generic[T]):
+    """A received message's metadata, readable before its payload is fetched."""
+
+    def __init__(self, message: Any, as_type: type[T], entity: str) -> None:
+        self.message = message
+        """The SDK's ``ServiceBusReceivedMessage``."""
+        self.incoming = incoming_from(message, entity=entity)
+        self.as_type = as_type
+
+    @property
+    def message_id(self) -> str | None:
+        """The message id (the publisher's idempotency key)."""
+        return self.incoming.message_id
+
+    @property
+    def event_type(self) -> str | None:
+        """The event type name, read without fetching the payload."""
+        return self.incoming.event_type
+
+    @property
+    def is_claim_check(self) -> bool:
+        """True when the payload travelled through Blob Storage."""
+        return declares_claim_check(self.incoming.properties)
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """Application properties with ``str`` keys (the SDK's ``bytes`` decoded)."""
+        return self.incoming.properties
+
+    @property
+    def delivery_count(self) -> int | None:
+        """How many times this message was delivered before this delivery."""
+        return self.incoming.delivery_count
+
+    @property
+    def sequence_number(self) -> int | None:
+        """The entity's sequence number (to receive it again after ``defer()``)."""
+        return self.incoming.sequence_number
+
+    @property
+    def enqueued_time(self) -> datetime | None:
+        """When Service Bus accepted the message."""
+        return self.incoming.enqueued_time
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(message_id={self.message_id!r}, "
+            f"event_type={self.event_type!r}, claim_check={self.is_claim_check})"
+        )

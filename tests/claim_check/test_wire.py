@@ -9,8 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from claimcheck_bus import _sdk
-from claimcheck_bus.errors import InvalidClaimCheckError, PayloadTooLargeError
-from claimcheck_bus.wire import (
+from claimcheck_bus.claim_check.wire import (
     STANDARD_TIER_MAX,
     Route,
     choose_route,
@@ -23,6 +22,7 @@ from claimcheck_bus.wire import (
     read_claim_check,
     wire_size,
 )
+from claimcheck_bus.errors import InvalidClaimCheckError, PayloadTooLargeError
 
 HASH = "ab" * 32
 
@@ -265,7 +265,7 @@ def test_the_envelope_bound_never_underestimates(
     correlation_id: str | None,
     ttl: timedelta | None,
 ) -> None:
-    from claimcheck_bus.wire import envelope_bound
+    from claimcheck_bus.claim_check.wire import envelope_bound
 
     message = _sdk.build_message(
         b"b" * body_length,

@@ -30,6 +30,9 @@ from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_b
 from hypothesis import given
 from hypothesis import strategies as st
 
+from claimcheck_bus._async.downloader import AsyncPayloadDownloader
+from claimcheck_bus._sync.downloader import PayloadDownloader
+from claimcheck_bus.claim_check.urls import PayloadLocation, TrustedEndpoint, check_payload_url
 from claimcheck_bus.errors import (
     ConfigurationError,
     InvalidClaimCheckError,
@@ -41,17 +44,15 @@ from claimcheck_bus.errors import (
     PayloadUnavailableError,
     UntrustedPayloadUrlError,
 )
-from claimcheck_bus.payload_download import (
-    AsyncPayloadDownloader,
+from claimcheck_bus.payloads.download import (
     BodyCheck,
     DownloadPolicy,
     DownloadState,
     Failure,
-    PayloadDownloader,
+    MemorySink,
     PayloadSubject,
     StatusKind,
-    _MemorySink,
-    _StreamSink,
+    StreamSink,
     backoff_delay,
     classify_status,
     expected_sha256,
@@ -62,7 +63,6 @@ from claimcheck_bus.payload_download import (
     status_error,
     too_large_error,
 )
-from claimcheck_bus.payload_urls import PayloadLocation, TrustedEndpoint, check_payload_url
 from claimcheck_bus.settings import ClaimCheckSettings
 from claimcheck_bus.testing.azurite import Azurite
 
@@ -267,7 +267,7 @@ def test_body_check_catches_a_wrong_hash_or_size() -> None:
 
 
 def test_memory_sink_sized_from_content_length_returns_exactly_the_body() -> None:
-    sink = _MemorySink()
+    sink = MemorySink()
     sink.start(10)
     sink.write(b"01234")
     sink.write(b"56789")
@@ -300,7 +300,7 @@ class NonSeekable(io.RawIOBase):
 def test_stream_sink_rewinds_a_seekable_stream_to_where_it_started() -> None:
     stream = io.BytesIO(b"kept")
     stream.seek(0, io.SEEK_END)
-    sink = _StreamSink(stream)
+    sink = StreamSink(stream)
     sink.write(b"partial")
     assert sink.can_restart()
     sink.restart()
@@ -311,7 +311,7 @@ def test_stream_sink_rewinds_a_seekable_stream_to_where_it_started() -> None:
 
 
 def test_stream_sink_retries_a_non_seekable_stream_only_before_the_first_byte() -> None:
-    sink = _StreamSink(NonSeekable())  # type: ignore[arg-type]
+    sink = StreamSink(NonSeekable())  # type: ignore[arg-type]
     assert sink.can_restart()
     sink.write(b"x")
     assert not sink.can_restart()
@@ -323,7 +323,7 @@ def state_for(sink: Any, policy: DownloadPolicy = FAST, **kwargs: Any) -> Downlo
 
 
 def test_state_spends_exactly_the_attempts_then_gives_up_retryably() -> None:
-    state = state_for(_MemorySink(), DownloadPolicy(attempts=3, backoff_initial=1, backoff_max=8))
+    state = state_for(MemorySink(), DownloadPolicy(attempts=3, backoff_initial=1, backoff_max=8))
     delays = []
     for _ in range(2):
         state.begin()
@@ -341,17 +341,17 @@ def test_state_spends_exactly_the_attempts_then_gives_up_retryably() -> None:
 
 def test_state_refuses_before_any_request_when_the_declared_size_is_too_large() -> None:
     with pytest.raises(PayloadTooLargeError, match="ClaimCheckSize"):
-        state_for(_MemorySink(), DownloadPolicy(max_bytes=10), size=11)
+        state_for(MemorySink(), DownloadPolicy(max_bytes=10), size=11)
     with pytest.raises(InvalidClaimCheckError):
-        state_for(_MemorySink(), size=-1)
+        state_for(MemorySink(), size=-1)
 
 
 def test_state_refuses_a_content_length_over_the_limit_or_unlike_the_declared_size() -> None:
-    state = state_for(_MemorySink(), DownloadPolicy(max_bytes=10))
+    state = state_for(MemorySink(), DownloadPolicy(max_bytes=10))
     state.begin()
     with pytest.raises(PayloadTooLargeError, match="Content-Length"):
         state.on_response(200, "11", None)
-    state = state_for(_MemorySink(), size=5)
+    state = state_for(MemorySink(), size=5)
     state.begin()
     with pytest.raises(PayloadIntegrityError, match="ClaimCheckSize says 5"):
         state.on_response(200, "6", None)
@@ -359,7 +359,7 @@ def test_state_refuses_a_content_length_over_the_limit_or_unlike_the_declared_si
 
 def test_state_does_not_retry_a_non_seekable_sink_mid_body() -> None:
     stream = NonSeekable()
-    state = state_for(_StreamSink(stream))  # type: ignore[arg-type]
+    state = state_for(StreamSink(stream))  # type: ignore[arg-type]
     state.begin()
     assert state.on_response(200, "10", None) is None
     state.on_chunk(b"12345")
@@ -384,7 +384,7 @@ def test_redact_signatures_blanks_only_signature_values() -> None:
 def test_importing_the_module_installs_the_filter_on_the_httpx_logger() -> None:
     # A fresh interpreter: in this one, another test may already have installed it.
     code = (
-        "import logging, importlib, claimcheck_bus.payload_download as m;"
+        "import logging, importlib, claimcheck_bus.payloads.download as m;"
         "importlib.reload(m);"
         "print(sum(getattr(f, 'redacts_sas_signatures', False)"
         " for f in logging.getLogger('httpx').filters))"

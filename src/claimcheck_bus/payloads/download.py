@@ -2,8 +2,8 @@
 
 Every decision (status classification, retry delays, size limits, integrity, what to do with a
 half-written sink) lives in the I/O-free :class:`DownloadState` and the pure functions it calls.
-:class:`PayloadDownloader` and :class:`AsyncPayloadDownloader` only move bytes through httpx;
-their ``_download`` loops are line-for-line twins.
+The downloaders (``claimcheck_bus._async.downloader`` and its generated sync twin) only move
+bytes through httpx and feed this state machine.
 
 Secrets: a payload URL carries a SAS signature. Errors name only the blob path, httpx exceptions
 are never chained (only their class name is kept), and a filter on the ``httpx`` logger blanks
@@ -12,23 +12,21 @@ are never chained (only their class name is kept), and a filter on the ``httpx``
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import hashlib
 import io
 import logging
 import random
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from types import TracebackType
 from typing import BinaryIO, Protocol, TypeVar
 
 import httpx
 
+from claimcheck_bus.claim_check.urls import PayloadLocation
 from claimcheck_bus.errors import (
     ConfigurationError,
     InvalidClaimCheckError,
@@ -40,18 +38,19 @@ from claimcheck_bus.errors import (
     PayloadUnavailableError,
     UntrustedPayloadUrlError,
 )
-from claimcheck_bus.payload_urls import PayloadLocation
 from claimcheck_bus.settings import ClaimCheckSettings
 
 __all__ = [
-    "AsyncPayloadDownloader",
+    "REQUEST_HEADERS",
     "BodyCheck",
     "DownloadPolicy",
     "DownloadState",
     "Failure",
-    "PayloadDownloader",
+    "MemorySink",
     "PayloadSubject",
+    "Sink",
     "StatusKind",
+    "StreamSink",
     "backoff_delay",
     "classify_status",
     "expected_sha256",
@@ -71,7 +70,7 @@ _HEX_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _SIG_VALUE = re.compile(r"(?i)\b(sig=)[^&#\s\"'<>]*")
 # Storage must hand back the bytes exactly as stored (their SHA-256 is what the sender signed
 # off), so ask for no transfer compression; the raw stream is read without decoding either.
-_REQUEST_HEADERS = {"Accept-Encoding": "identity"}
+REQUEST_HEADERS = {"Accept-Encoding": "identity"}
 
 
 # --------------------------------------------------------------------------- log redaction
@@ -156,6 +155,10 @@ class DownloadPolicy:
                 f"DownloadPolicy: invalid {', '.join(problems)} ({self!r}); timeout and max_bytes "
                 "must be above 0, attempts at least 1, 0 <= backoff_initial <= backoff_max."
             )
+
+    def http_timeout(self) -> httpx.Timeout:
+        """The httpx timeout of one attempt."""
+        return httpx.Timeout(self.timeout)
 
     @classmethod
     def from_settings(cls, settings: ClaimCheckSettings) -> DownloadPolicy:
@@ -375,7 +378,7 @@ class BodyCheck:
 # --------------------------------------------------------------------------- sinks
 
 
-class _Sink(Protocol):
+class Sink(Protocol):
     """Where the body of the current attempt goes."""
 
     written: int
@@ -387,7 +390,7 @@ class _Sink(Protocol):
     def discard(self) -> None: ...
 
 
-class _MemorySink:
+class MemorySink:
     """Collects a body into one bytes object without ever holding two copies of it.
 
     ``BytesIO`` keeps its data in a bytes object and ``getvalue()`` hands that very object out
@@ -429,7 +432,7 @@ class _MemorySink:
         return data
 
 
-class _StreamSink:
+class StreamSink:
     """Writes a body into a caller's binary stream, rewinding it for a retry when it can."""
 
     def __init__(self, stream: BinaryIO) -> None:
@@ -487,7 +490,7 @@ class DownloadState:
         self,
         policy: DownloadPolicy,
         location: PayloadLocation,
-        sink: _Sink,
+        sink: Sink,
         *,
         sha256: str | None = None,
         size: int | None = None,
@@ -600,218 +603,3 @@ class DownloadState:
 def transport_failure(error: httpx.TransportError) -> Failure:
     """A retryable failure naming only the class of ``error`` (its text may hold the URL)."""
     return Failure(type(error).__name__)
-
-
-# --------------------------------------------------------------------------- the I/O twins
-
-
-def _timeout(policy: DownloadPolicy) -> httpx.Timeout:
-    return httpx.Timeout(policy.timeout)
-
-
-class PayloadDownloader:
-    """Downloads payloads over one pooled ``httpx.Client``.
-
-    A client passed in stays the caller's: :meth:`close` closes only the one made here.
-    Redirects are never followed and the policy's timeout applies, whatever the client's own
-    settings.
-    """
-
-    def __init__(self, policy: DownloadPolicy, *, client: httpx.Client | None = None) -> None:
-        self.policy = policy
-        self._owns_client = client is None
-        self._client = client or httpx.Client(timeout=_timeout(policy), follow_redirects=False)
-
-    def fetch(
-        self,
-        location: PayloadLocation,
-        *,
-        sha256: str | None = None,
-        size: int | None = None,
-        message_id: str | None = None,
-        entity: str | None = None,
-    ) -> bytes:
-        """The payload's bytes, checked against ``size`` and ``sha256`` when given."""
-        sink = _MemorySink()
-        self._download(
-            DownloadState(
-                self.policy,
-                location,
-                sink,
-                sha256=sha256,
-                size=size,
-                message_id=message_id,
-                entity=entity,
-            ),
-            location,
-        )
-        return sink.value()
-
-    def fetch_to(
-        self,
-        location: PayloadLocation,
-        sink: BinaryIO,
-        *,
-        sha256: str | None = None,
-        size: int | None = None,
-        message_id: str | None = None,
-        entity: str | None = None,
-    ) -> int:
-        """Stream the payload into ``sink`` (never held whole in memory); the bytes written.
-
-        A retry after part of the body was written rewinds and truncates a seekable ``sink``
-        to where it started; a non-seekable one is not retried mid-body
-        (:class:`PayloadUnavailableError`). On any error a seekable ``sink`` is left as found.
-        """
-        return self._download(
-            DownloadState(
-                self.policy,
-                location,
-                _StreamSink(sink),
-                sha256=sha256,
-                size=size,
-                message_id=message_id,
-                entity=entity,
-            ),
-            location,
-        )
-
-    def _download(self, state: DownloadState, location: PayloadLocation) -> int:
-        while True:
-            state.begin()
-            try:
-                with self._client.stream(
-                    "GET",
-                    location.url,
-                    headers=_REQUEST_HEADERS,
-                    timeout=_timeout(self.policy),
-                    follow_redirects=False,
-                ) as response:
-                    failure = state.on_response(
-                        response.status_code,
-                        response.headers.get("content-length"),
-                        response.headers.get("retry-after"),
-                    )
-                    if failure is None:
-                        for chunk in response.iter_raw():
-                            state.on_chunk(chunk)
-                        return state.finish()
-            except httpx.TransportError as error:
-                failure = transport_failure(error)
-            # Outside the except block: the httpx error (and its URL) is not chained.
-            time.sleep(state.delay_after(failure))
-
-    def close(self) -> None:
-        """Close the HTTP client if this downloader made it."""
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> PayloadDownloader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncPayloadDownloader:
-    """Downloads payloads over one pooled ``httpx.AsyncClient`` (see :class:`PayloadDownloader`)."""
-
-    def __init__(self, policy: DownloadPolicy, *, client: httpx.AsyncClient | None = None) -> None:
-        self.policy = policy
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=_timeout(policy), follow_redirects=False)
-
-    async def fetch(
-        self,
-        location: PayloadLocation,
-        *,
-        sha256: str | None = None,
-        size: int | None = None,
-        message_id: str | None = None,
-        entity: str | None = None,
-    ) -> bytes:
-        """The payload's bytes, checked against ``size`` and ``sha256`` when given."""
-        sink = _MemorySink()
-        await self._download(
-            DownloadState(
-                self.policy,
-                location,
-                sink,
-                sha256=sha256,
-                size=size,
-                message_id=message_id,
-                entity=entity,
-            ),
-            location,
-        )
-        return sink.value()
-
-    async def fetch_to(
-        self,
-        location: PayloadLocation,
-        sink: BinaryIO,
-        *,
-        sha256: str | None = None,
-        size: int | None = None,
-        message_id: str | None = None,
-        entity: str | None = None,
-    ) -> int:
-        """Stream the payload into ``sink``; see :meth:`PayloadDownloader.fetch_to`."""
-        return await self._download(
-            DownloadState(
-                self.policy,
-                location,
-                _StreamSink(sink),
-                sha256=sha256,
-                size=size,
-                message_id=message_id,
-                entity=entity,
-            ),
-            location,
-        )
-
-    async def _download(self, state: DownloadState, location: PayloadLocation) -> int:
-        while True:
-            state.begin()
-            try:
-                async with self._client.stream(
-                    "GET",
-                    location.url,
-                    headers=_REQUEST_HEADERS,
-                    timeout=_timeout(self.policy),
-                    follow_redirects=False,
-                ) as response:
-                    failure = state.on_response(
-                        response.status_code,
-                        response.headers.get("content-length"),
-                        response.headers.get("retry-after"),
-                    )
-                    if failure is None:
-                        async for chunk in response.aiter_raw():
-                            state.on_chunk(chunk)
-                        return state.finish()
-            except httpx.TransportError as error:
-                failure = transport_failure(error)
-            # Outside the except block: the httpx error (and its URL) is not chained.
-            await asyncio.sleep(state.delay_after(failure))
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this downloader made it."""
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> AsyncPayloadDownloader:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

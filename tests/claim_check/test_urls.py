@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claimcheck_bus.errors import UntrustedPayloadUrlError
-from claimcheck_bus.payload_urls import (
+from claimcheck_bus.claim_check.urls import (
     TrustedEndpoint,
     blob_endpoint_from_connection_string,
     check_payload_url,
@@ -18,6 +17,7 @@ from claimcheck_bus.payload_urls import (
     own_endpoint,
     redact_url,
 )
+from claimcheck_bus.errors import UntrustedPayloadUrlError
 
 AZURE = own_endpoint("https://contoso.blob.core.windows.net", "claim-check")
 AZURITE = own_endpoint("http://127.0.0.1:10000/devstoreaccount1", "claim-check")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from claimcheck_bus.errors import PayloadTooLargeError, UntrustedPayloadUrlError
-from claimcheck_bus.payload_urls import own_endpoint
-from claimcheck_bus.rehydration import (
+from claimcheck_bus.claim_check.rehydration import (
     IncomingMessage,
     ReceivePolicy,
     decode_content,
     may_read_with_credentials,
     plan,
 )
+from claimcheck_bus.claim_check.urls import own_endpoint
+from claimcheck_bus.errors import PayloadTooLargeError, UntrustedPayloadUrlError
 
 AZURE = own_endpoint("https://contoso.blob.core.windows.net", "claim-check")
 AZURITE = own_endpoint("http://127.0.0.1:10000/devstoreaccount1", "claim-check")

@@ -1,59 +1,53 @@
-"""``ClaimCheckBus``: publish and receive typed events of any size (synchronous client).
+"""The claim-check clients: :class:`AsyncClaimCheckBus` and :class:`AsyncReceivedEvent`.
 
-``aio.py`` holds its twin, ``AsyncClaimCheckBus``, line for line the same with ``await``.
-Both only move bytes: the decisions are in ``_core``, ``publishing``, ``wire`` and
-``rehydration``.
+Written once for ``asyncio``; ``scripts/unasync.py`` generates the blocking twins
+(``ClaimCheckBus``, ``ReceivedEvent``) in ``claimcheck_bus/_sync``. The clients only move bytes:
+the decisions are in :mod:`claimcheck_bus.claim_check`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from asyncio import gather
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
-from azure.servicebus import (
-    ServiceBusClient,
-    ServiceBusMessage,
-    ServiceBusReceiver,
-    ServiceBusSender,
-    ServiceBusSubQueue,
-)
+from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
 from azure.servicebus.exceptions import MessageSizeExceededError
 
 from claimcheck_bus import _sdk
-from claimcheck_bus._core import BusCore, EventView, decode, publish_options
-from claimcheck_bus.entities import Entity, default_credential, resolve_entity
-from claimcheck_bus.errors import BatchPublishError, PayloadAccessDeniedError
-from claimcheck_bus.payload_download import DownloadPolicy, PayloadDownloader
-from claimcheck_bus.payload_store import PayloadStore
-from claimcheck_bus.publishing import Publication, PublishReceipt, utc_now
-from claimcheck_bus.rehydration import (
-    IncomingMessage,
-    ReceivePolicy,
-    decode_content,
-    incoming_from,
-    may_read_with_credentials,
-    plan,
-    verify_payload,
-    where,
+from claimcheck_bus._async.downloader import AsyncPayloadDownloader
+from claimcheck_bus._async.reader import AsyncPayloadReader, default_store
+from claimcheck_bus._async.store import AsyncPayloadStore
+from claimcheck_bus.claim_check.entities import Entity, default_async_credential, resolve_entity
+from claimcheck_bus.claim_check.publication import (
+    BusCore,
+    Publication,
+    PublishReceipt,
+    publish_options,
+    utc_now,
 )
-from claimcheck_bus.settings import BusSettings, ClaimCheckSettings
-from claimcheck_bus.wire import Route
+from claimcheck_bus.claim_check.rehydration import EventView, decode, incoming_from
+from claimcheck_bus.claim_check.wire import Route
+from claimcheck_bus.errors import BatchPublishError
+from claimcheck_bus.payloads.download import DownloadPolicy
+from claimcheck_bus.settings import BusSettings
 
 T = TypeVar("T")
 log = logging.getLogger("claimcheck_bus")
 
 
-class ClaimCheckBus:
+class AsyncClaimCheckBus:
     """Publish events to queues and topics and receive them typed, whatever their size.
 
     Payloads too large for a message (or all of them, with ``claim_check.always``) go to Blob
-    Storage and the message carries a read-only SAS URL, as ``WIRE.md`` describes. Senders and
-    receivers are opened once per entity and closed with the bus. Like the SDK clients it wraps,
-    a bus is not thread-safe: use one per thread.
+    Storage and the message carries a read-only SAS URL. Senders and receivers are opened once
+    per entity and closed with the bus. Like the SDK clients it wraps, a bus is not safe to
+    share: use one per thread (sync) or per task (async).
 
     ``socket_timeout`` is the SDK receivers' own: how long one read of the connection waits
     for a frame (0.2 s by default), so a receive from an empty entity lasts at least that long.
@@ -64,12 +58,12 @@ class ClaimCheckBus:
         settings: BusSettings | None = None,
         *,
         credential: Any = None,
-        store: PayloadStore | None = None,
+        store: AsyncPayloadStore | None = None,
         socket_timeout: float | None = None,
     ) -> None:
         settings = settings if settings is not None else BusSettings()
         if store is None:
-            store = _default_store(settings.claim_check, credential)
+            store = default_store(settings.claim_check, credential)
         self._core = BusCore(
             settings,
             has_store=store is not None,
@@ -82,12 +76,12 @@ class ClaimCheckBus:
             ServiceBusClient.from_connection_string(sb.connection_string.get_secret_value())
             if sb.connection_string is not None
             else ServiceBusClient(
-                str(sb.fully_qualified_namespace), credential or default_credential()
+                str(sb.fully_qualified_namespace), credential or default_async_credential()
             )
         )
-        self._payloads = PayloadReader(
+        self._payloads = AsyncPayloadReader(
             self._core.policy,
-            PayloadDownloader(DownloadPolicy.from_settings(self.settings.claim_check)),
+            AsyncPayloadDownloader(DownloadPolicy.from_settings(self.settings.claim_check)),
             store,
         )
         self._senders: dict[str, ServiceBusSender] = {}
@@ -95,32 +89,32 @@ class ClaimCheckBus:
         self._receivers: dict[tuple[str, bool], ServiceBusReceiver] = {}
         self._socket_timeout = socket_timeout
 
-    def __enter__(self) -> ClaimCheckBus:
+    async def __aenter__(self) -> AsyncClaimCheckBus:
         return self
 
-    def __exit__(
+    async def __aexit__(
         self,
         kind: type[BaseException] | None,
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        await self.close()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close every sender, receiver and connection this bus opened."""
         for handler in [*self._senders.values(), *self._receivers.values()]:
             try:
-                handler.close()
+                await handler.close()
             except Exception:  # closing must reach every handler
                 log.warning("closing a Service Bus handler failed", exc_info=True)
         self._senders.clear()
         self._receivers.clear()
-        self._client.close()
-        self._payloads.close()
+        await self._client.close()
+        await self._payloads.close()
 
     # -- publishing ------------------------------------------------------------------------
 
-    def publish(
+    async def publish(
         self,
         event: object,
         *,
@@ -153,19 +147,19 @@ class ClaimCheckBus:
         )
         publication = Publication.prepare(event, entity.name, options, now=utc_now())
         sender = self._sender(entity)
-        route, size = self._core.route(publication, self._limit(entity))
+        route, size = self._core.route(publication, await self._limit(entity))
         if route is Route.INLINE:
-            number = self._send(sender, publication.inline(), scheduled_enqueue_time)
+            number = await self._send(sender, publication.inline(), scheduled_enqueue_time)
             return publication.receipt(route, size, sequence_number=number)
-        message = self._upload(publication)
+        message = await self._upload(publication)
         try:
-            number = self._send(sender, message, scheduled_enqueue_time)
+            number = await self._send(sender, message, scheduled_enqueue_time)
         except BaseException:
-            self._discard([publication])
+            await self._discard([publication])
             raise
         return publication.receipt(route, size, sequence_number=number)
 
-    def publish_batch(
+    async def publish_batch(
         self,
         events: Iterable[object],
         *,
@@ -189,43 +183,45 @@ class ClaimCheckBus:
         sender = self._sender(entity)
         published: list[PublishReceipt] = []
         pending: list[tuple[Publication, PublishReceipt]] = []
-        batch = sender.create_message_batch()
+        batch = await sender.create_message_batch()
         try:
             for event in events:
                 publication = Publication.prepare(event, entity.name, options, now=utc_now())
-                route, size = self._core.route(publication, self._limit(entity))
+                route, size = self._core.route(publication, await self._limit(entity))
                 message = (
-                    publication.inline() if route is Route.INLINE else self._upload(publication)
+                    publication.inline()
+                    if route is Route.INLINE
+                    else await self._upload(publication)
                 )
                 pending.append((publication, publication.receipt(route, size)))
                 if _fits(batch, message):
                     continue
                 pending.pop()
                 if len(batch):
-                    sender.send_messages(batch)
+                    await sender.send_messages(batch)
                     published.extend(receipt for _, receipt in pending)
                     pending.clear()
-                    batch = sender.create_message_batch()
+                    batch = await sender.create_message_batch()
                 pending.append((publication, publication.receipt(route, size)))
                 if not _fits(batch, message):
                     # Larger than a batch may be (Premium: 1 MB batches, 100 MB messages).
-                    sender.send_messages(message)
+                    await sender.send_messages(message)
                     published.append(pending.pop()[1])
             if len(batch):
-                sender.send_messages(batch)
+                await sender.send_messages(batch)
                 published.extend(receipt for _, receipt in pending)
                 pending.clear()
         except BaseException as error:
-            self._discard([p for p, receipt in pending if receipt.route is Route.CLAIM_CHECK])
+            await self._discard([p for p, receipt in pending if receipt.route is Route.CLAIM_CHECK])
             raise BatchPublishError(published, error) from error
         return published
 
-    def cancel_scheduled(
+    async def cancel_scheduled(
         self, sequence_number: int, *, queue: str | None = None, topic: str | None = None
     ) -> None:
         """Cancel a scheduled message by the sequence number its receipt carries."""
         entity = resolve_entity(self.settings, queue=queue, topic=topic)
-        self._sender(entity).cancel_scheduled_messages(sequence_number)
+        await self._sender(entity).cancel_scheduled_messages(sequence_number)
 
     def _sender(self, entity: Entity) -> ServiceBusSender:
         sender = self._senders.get(entity.name)
@@ -238,31 +234,33 @@ class ClaimCheckBus:
             sender = self._senders[entity.name] = get(entity.name)
         return sender
 
-    def _limit(self, entity: Entity) -> int:
+    async def _limit(self, entity: Entity) -> int:
         limit = self._limits.get(entity.name)
         if limit is None:
-            limit = self._limits[entity.name] = _sdk.max_message_size(self._sender(entity))
+            limit = self._limits[entity.name] = await _sdk.max_message_size_async(
+                self._sender(entity)
+            )
         return limit
 
-    def _upload(self, publication: Publication) -> ServiceBusMessage:
+    async def _upload(self, publication: Publication) -> ServiceBusMessage:
         assert self._store is not None  # the core routes to claim-check only with a store
-        stored = self._store.upload(**self._core.upload_arguments(publication))
+        stored = await self._store.upload(**self._core.upload_arguments(publication))
         return publication.claim_checked(stored.url, sha256=stored.sha256)
 
     @staticmethod
-    def _send(
+    async def _send(
         sender: ServiceBusSender, message: ServiceBusMessage, scheduled: datetime | None
     ) -> int | None:
         if scheduled is None:
-            sender.send_messages(message)
+            await sender.send_messages(message)
             return None
-        return int(sender.schedule_messages(message, scheduled)[0])
+        return int((await sender.schedule_messages(message, scheduled))[0])
 
-    def _discard(self, publications: list[Publication]) -> None:
+    async def _discard(self, publications: list[Publication]) -> None:
         for publication in publications:
             try:
                 assert self._store is not None
-                self._store.delete(publication.blob_name)
+                await self._store.delete(publication.blob_name)
                 log.info("deleted the payload of unsent message %s", publication.message_id)
             except Exception:  # best effort: the send error is what the caller must see
                 log.warning(
@@ -274,7 +272,7 @@ class ClaimCheckBus:
 
     # -- receiving -------------------------------------------------------------------------
 
-    def receive(
+    async def receive(
         self,
         as_type: type[T],
         *,
@@ -284,21 +282,40 @@ class ClaimCheckBus:
         max_messages: int = 1,
         max_wait: float | None = 5.0,
         dead_letter: bool = False,
-    ) -> list[ReceivedEvent[T]]:
+        prefetch: bool = True,  # async-only
+    ) -> list[AsyncReceivedEvent[T]]:
         """Receive up to ``max_messages`` events (peek-lock), waiting at most ``max_wait`` s.
 
-        Payloads are fetched on first access to ``.data``; settle each event with
-        ``complete()``, ``abandon()``, ``dead_letter()`` or ``defer()``. ``dead_letter=True``
-        reads the entity's dead-letter queue.
+        The async client fetches claim-checked payloads concurrently before it returns (unless
+        ``prefetch=False``; then ``await event.load()``); the sync client fetches a payload on
+        first access to ``.data``, and the message's lock keeps running meanwhile. A failed
+        fetch is raised by ``.data``. Settle each event with ``complete()``, ``abandon()``,
+        ``dead_letter()`` or ``defer()``. ``dead_letter=True`` reads the dead-letter queue.
         """
         entity = resolve_entity(
             self.settings, queue=queue, topic=topic, subscription=subscription, receiving=True
         )
         receiver = self._receiver(entity, dead_letter)
-        messages = receiver.receive_messages(max_message_count=max_messages, max_wait_time=max_wait)
-        return [ReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages]
+        messages = await receiver.receive_messages(
+            max_message_count=max_messages, max_wait_time=max_wait
+        )
+        events = [
+            AsyncReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages
+        ]
+        # async-only:start
+        if prefetch:
+            # Inline payloads decode without waiting: only fetches are worth a task each.
+            fetches = []
+            for event in events:
+                if event.is_claim_check:
+                    fetches.append(event)
+                else:
+                    await event.load(raise_errors=False)
+            await gather(*(event.load(raise_errors=False) for event in fetches))
+        # async-only:end
+        return events
 
-    def receive_deferred(
+    async def receive_deferred(
         self,
         as_type: type[T],
         sequence_numbers: Iterable[int],
@@ -306,20 +323,55 @@ class ClaimCheckBus:
         queue: str | None = None,
         topic: str | None = None,
         subscription: str | None = None,
-    ) -> list[ReceivedEvent[T]]:
+    ) -> list[AsyncReceivedEvent[T]]:
         """Receive deferred events by their sequence numbers."""
         entity = resolve_entity(
             self.settings, queue=queue, topic=topic, subscription=subscription, receiving=True
         )
         receiver = self._receiver(entity, False)
-        messages = receiver.receive_deferred_messages(list(sequence_numbers))
-        return [ReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages]
+        messages = await receiver.receive_deferred_messages(list(sequence_numbers))
+        events = [
+            AsyncReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages
+        ]
+        # async-only:start
+        await gather(*(event.load(raise_errors=False) for event in events))
+        # async-only:end
+        return events
 
-    def rehydrate(self, message: Any, as_type: type[T], *, entity: str | None = None) -> T:
+    async def stream(
+        self,
+        as_type: type[T],
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+        batch_size: int = 10,
+        max_wait: float = 5.0,
+    ) -> AsyncIterator[AsyncReceivedEvent[T]]:
+        """Receive continuously: ``for event in bus.stream(Order, queue="orders")``.
+
+        Runs until the consumer stops iterating; idle periods simply poll again.
+        """
+        while True:
+            events = await self.receive(
+                as_type,
+                queue=queue,
+                topic=topic,
+                subscription=subscription,
+                max_messages=batch_size,
+                max_wait=max_wait,
+            )
+            # async-only:start
+            for event in events:
+                yield event
+            # async-only:end
+            # sync-only: yield from events
+
+    async def rehydrate(self, message: Any, as_type: type[T], *, entity: str | None = None) -> T:
         """The typed event of a message received by other means (an Azure Functions trigger,
         your own ``ServiceBusReceiver``), its payload fetched with this bus's settings."""
         incoming = incoming_from(message, entity=entity)
-        return decode(incoming, self._payloads.payload_of(incoming), as_type)
+        return decode(incoming, await self._payloads.payload_of(incoming), as_type)
 
     def _receiver(self, entity: Entity, dead_letter: bool) -> ServiceBusReceiver:
         key = (entity.path, dead_letter)
@@ -341,12 +393,12 @@ class ClaimCheckBus:
         return receiver
 
 
-class ReceivedEvent(EventView[T]):
+class AsyncReceivedEvent(EventView[T]):
     """A received event: metadata at once, the typed payload on first access to ``.data``."""
 
     def __init__(
         self,
-        payloads: PayloadReader,
+        payloads: AsyncPayloadReader,
         receiver: ServiceBusReceiver,
         message: Any,
         as_type: type[T],
@@ -356,48 +408,65 @@ class ReceivedEvent(EventView[T]):
         self._payloads = payloads
         self._receiver = receiver
         self._data: tuple[T] | None = None
+        self._error: Exception | None = None
+
+    async def load(self, *, raise_errors: bool = True) -> None:
+        """Fetch and decode the payload, so that ``.data`` is available."""
+        if self._data is not None:
+            return
+        try:
+            payload = await self._payloads.payload_of(self.incoming)
+            self._data = (decode(self.incoming, payload, self.as_type),)
+            self._error = None
+        except Exception as error:
+            self._error = error
+            if raise_errors:
+                raise
 
     @property
     def data(self) -> T:
-        """The typed event, fetched and decoded on first access (typed errors on failure)."""
+        """The typed event; raises the typed error its fetch or decoding met."""
+        # sync-only: self.load(raise_errors=False)
         if self._data is None:
-            payload = self._payloads.payload_of(self.incoming)
-            self._data = (decode(self.incoming, payload, self.as_type),)
+            if self._error is not None:
+                raise self._error
+            raise RuntimeError("payload not loaded yet: await event.load() first")
         return self._data[0]
 
-    def payload(self) -> bytes:
+    async def payload(self) -> bytes:
         """The raw payload bytes, inline or fetched."""
-        return self._payloads.payload_of(self.incoming)
+        return await self._payloads.payload_of(self.incoming)
 
-    def save_payload(self, destination: str | Path | BinaryIO) -> int:
+    async def save_payload(self, destination: str | Path | BinaryIO) -> int:
         """Stream the payload to a file path or binary file object without holding it all."""
         if isinstance(destination, (str, Path)):
-            with open(destination, "wb") as sink:
-                return self._payloads.save_payload_of(self.incoming, sink)
-        return self._payloads.save_payload_of(self.incoming, destination)
+            # Local file writes are short; the download awaits between its chunks.
+            with open(destination, "wb") as sink:  # noqa: ASYNC230
+                return await self._payloads.save_payload_of(self.incoming, sink)
+        return await self._payloads.save_payload_of(self.incoming, destination)
 
-    def complete(self) -> None:
+    async def complete(self) -> None:
         """Settle as handled: Service Bus removes the message."""
-        self._receiver.complete_message(self.message)
-        self._payloads.completed(self.incoming)
+        await self._receiver.complete_message(self.message)
+        await self._payloads.completed(self.incoming)
 
-    def abandon(self) -> None:
+    async def abandon(self) -> None:
         """Give the message back for redelivery (its delivery count goes up)."""
-        self._receiver.abandon_message(self.message)
+        await self._receiver.abandon_message(self.message)
 
-    def dead_letter(self, reason: str, description: str | None = None) -> None:
+    async def dead_letter(self, reason: str, description: str | None = None) -> None:
         """Move the message to the dead-letter queue with a reason a person can act on."""
-        self._receiver.dead_letter_message(
+        await self._receiver.dead_letter_message(
             self.message, reason=reason, error_description=description
         )
 
-    def defer(self) -> None:
+    async def defer(self) -> None:
         """Set the message aside; receive it later with ``receive_deferred``."""
-        self._receiver.defer_message(self.message)
+        await self._receiver.defer_message(self.message)
 
-    def renew_lock(self) -> datetime:
+    async def renew_lock(self) -> datetime:
         """Extend the message's lock; returns the new expiry."""
-        return self._receiver.renew_message_lock(self.message)
+        return await self._receiver.renew_message_lock(self.message)
 
 
 def _fits(batch: Any, message: ServiceBusMessage) -> bool:
@@ -406,130 +475,3 @@ def _fits(batch: Any, message: ServiceBusMessage) -> bool:
     except MessageSizeExceededError:
         return False
     return True
-
-
-def _default_store(settings: ClaimCheckSettings, credential: Any) -> PayloadStore | None:
-    storage = settings.blob_storage
-    if storage.connection_string is None and not storage.account_url:
-        return None
-    from claimcheck_bus.payload_stores.azure_blob import AzureBlobPayloadStore
-
-    return AzureBlobPayloadStore.from_settings(settings, credential=credential)
-
-
-class PayloadReader:
-    """Reads received messages' payloads: inline, through their SAS URL, or, when that SAS was
-    refused and the payload is in our own container, with the store's credentials."""
-
-    def __init__(
-        self, policy: ReceivePolicy, downloader: PayloadDownloader, store: PayloadStore | None
-    ) -> None:
-        self._policy = policy
-        self._downloader = downloader
-        self._store = store
-
-    @classmethod
-    def from_settings(
-        cls, settings: ClaimCheckSettings, *, credential: Any = None
-    ) -> PayloadReader:
-        """A reader trusting what ``settings`` trust, with its own downloader and store."""
-        return cls(
-            ReceivePolicy.from_settings(settings),
-            PayloadDownloader(DownloadPolicy.from_settings(settings)),
-            _default_store(settings, credential),
-        )
-
-    def __enter__(self) -> PayloadReader:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the downloader and the store."""
-        self._downloader.close()
-        if self._store is not None:
-            self._store.close()
-
-    def payload_of(self, incoming: IncomingMessage) -> bytes:
-        """A received message's payload bytes: inline, or fetched and verified."""
-        fetch = plan(incoming, self._policy)
-        if fetch is None:
-            return incoming.body
-        try:
-            raw = self._downloader.fetch(
-                fetch.location,
-                sha256=fetch.ref.sha256,
-                size=fetch.ref.size,
-                message_id=incoming.message_id,
-                entity=incoming.entity,
-            )
-        except PayloadAccessDeniedError:
-            if self._store is None or not may_read_with_credentials(fetch, self._policy):
-                raise
-            log.warning(
-                "SAS of message %s refused (expired?); reading %s with the store's credentials",
-                incoming.message_id,
-                fetch.location.blob_path,
-            )
-            raw = self._store.read(fetch.blob_name)
-            verify_payload(raw, fetch, self._policy, incoming)
-        return decode_content(
-            raw,
-            fetch.ref.content_encoding,
-            max_bytes=self._policy.max_bytes,
-            where=where(incoming, fetch),
-        )
-
-    def save_payload_of(self, incoming: IncomingMessage, sink: BinaryIO) -> int:
-        """Stream a received message's payload into ``sink``; returns the bytes written."""
-        fetch = plan(incoming, self._policy)
-        if fetch is None or fetch.ref.content_encoding:
-            data = self.payload_of(incoming)
-            sink.write(data)
-            return len(data)
-        return self._downloader.fetch_to(
-            fetch.location,
-            sink,
-            sha256=fetch.ref.sha256,
-            size=fetch.ref.size,
-            message_id=incoming.message_id,
-            entity=incoming.entity,
-        )
-
-    def completed(self, incoming: IncomingMessage) -> None:
-        """After a complete: delete the payload when ``delete_after_complete`` asks for it."""
-        if not self._policy.delete_after_complete or self._store is None:
-            return
-        fetch = plan(incoming, self._policy)
-        if fetch is not None and may_read_with_credentials(fetch, self._policy):
-            try:
-                self._store.delete(fetch.blob_name)
-            except Exception:  # the message is settled; the blob is only garbage now
-                log.warning("could not delete payload %s", fetch.location.blob_path, exc_info=True)
-
-
-def rehydrate(
-    message: Any,
-    as_type: type[T],
-    *,
-    settings: BusSettings | ClaimCheckSettings | None = None,
-    entity: str | None = None,
-) -> T:
-    """The typed event of a message received by other means (an Azure Functions trigger, your
-    own ``ServiceBusReceiver``), inline or claim-checked.
-
-    ``settings`` default to ``BusSettings()``; pass a ``ClaimCheckSettings`` where no Service
-    Bus settings exist. For many messages, prefer ``ClaimCheckBus.rehydrate`` (pooled HTTP).
-    """
-    if settings is None:
-        settings = BusSettings()
-    claim_check = settings.claim_check if isinstance(settings, BusSettings) else settings
-    with PayloadReader.from_settings(claim_check) as reader:
-        incoming = incoming_from(message, entity=entity)
-        return decode(incoming, reader.payload_of(incoming), as_type)

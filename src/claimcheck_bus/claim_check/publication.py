@@ -15,15 +15,20 @@ from typing import Any
 from azure.servicebus import ServiceBusMessage
 
 from claimcheck_bus import _sdk
-from claimcheck_bus.events import SerializedEvent, serialize
-from claimcheck_bus.wire import (
+from claimcheck_bus.claim_check.rehydration import ReceivePolicy
+from claimcheck_bus.claim_check.wire import (
     CLAIM_CHECK_KEYS,
     Route,
+    choose_route,
     claim_check_properties,
     cloudevent_properties,
     envelope_bound,
+    offload_limit,
     wire_size,
 )
+from claimcheck_bus.events import SerializedEvent, serialize
+from claimcheck_bus.payloads.store import blob_name_for, payload_metadata, sas_expiry
+from claimcheck_bus.settings import BusSettings
 
 #: Service Bus refuses message ids longer than this.
 MAX_MESSAGE_ID = 128
@@ -99,8 +104,6 @@ class Publication:
     @property
     def blob_name(self) -> str:
         """WIRE.md's ``{entity}/{EventTypeName}/{id}.json``: a retried publish reuses its blob."""
-        from claimcheck_bus.payload_store import blob_name_for
-
         return blob_name_for(self.entity, self.event.event_type, self.message_id)
 
     def _message(self, body: bytes, properties: dict[str, Any]) -> ServiceBusMessage:
@@ -182,3 +185,75 @@ def event_version_property(event: object) -> dict[str, int]:
 def utc_now() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(timezone.utc)
+
+
+def publish_options(
+    *,
+    event_type: str | None = None,
+    message_id: str | None = None,
+    correlation_id: str | None = None,
+    session_id: str | None = None,
+    subject: str | None = None,
+    time_to_live: timedelta | None = None,
+    scheduled_enqueue_time: datetime | None = None,
+    application_properties: dict[str, Any] | None = None,
+) -> PublishOptions:
+    """:class:`PublishOptions` from the clients' keyword arguments."""
+    return PublishOptions(
+        event_type=event_type,
+        message_id=message_id,
+        correlation_id=correlation_id,
+        session_id=session_id,
+        subject=subject,
+        time_to_live=time_to_live,
+        scheduled_enqueue_time=scheduled_enqueue_time,
+        application_properties=application_properties or {},
+    )
+
+
+class BusCore:
+    """Settings-driven decisions of a bus: routes, upload arguments, receive policy."""
+
+    def __init__(
+        self, settings: BusSettings, *, has_store: bool, sas_limit: timedelta | None
+    ) -> None:
+        """``sas_limit``: the longest SAS the store signs (``None``: no limit)."""
+        self.settings = settings
+        self.policy = ReceivePolicy.from_settings(self.settings.claim_check)
+        self._has_store = has_store
+        self._sas_limit = sas_limit
+
+    def route(self, publication: Publication, entity_limit: int) -> tuple[Route, int]:
+        """Inline or claim-check for ``publication`` on an entity taking ``entity_limit`` bytes."""
+        cc = self.settings.claim_check
+        size = publication.inline_size_within(offload_limit(cc.max_payload_size_kb, entity_limit))
+        route = choose_route(
+            size,
+            enabled=cc.enabled and self._has_store,
+            always=cc.always,
+            threshold_kb=cc.max_payload_size_kb,
+            entity_max_bytes=entity_limit,
+            message_id=publication.message_id,
+            entity=publication.entity,
+        )
+        return route, size
+
+    def upload_arguments(self, publication: Publication) -> dict[str, Any]:
+        """Keyword arguments of ``PayloadStore.upload`` for ``publication``."""
+        cc = self.settings.claim_check
+        return {
+            "blob_name": publication.blob_name,
+            "data": publication.event.body,
+            "content_type": publication.event.content_type,
+            "metadata": payload_metadata(
+                publication.message_id, publication.event.event_type, publication.entity
+            ),
+            "sas_expires_on": sas_expiry(
+                utc_now(),
+                cc.sas_expiry_hours,
+                publication.options.time_to_live,
+                self._sas_limit,
+                message_id=publication.message_id,
+                entity=publication.entity,
+            ),
+        }

@@ -1,54 +1,61 @@
-"""``AsyncClaimCheckBus``: the ``asyncio`` twin of ``AsyncClaimCheckBus`` (``bus.py``).
+# Generated from claimcheck_bus/_async/bus.py by scripts/unasync.py: do not edit.
+"""The claim-check clients: :class:`ClaimCheckBus` and :class:`ReceivedEvent`.
 
-Line for line the same with ``await``, plus :meth:`AsyncClaimCheckBus.stream` for continuous
-``async for`` consumption and concurrent payload prefetch in ``receive``. Keep the two in step.
+Written once for ``asyncio``; ``scripts/unasync.py`` generates the blocking twins
+(``ClaimCheckBus``, ``ReceivedEvent``) in ``claimcheck_bus/_sync``. The clients only move bytes:
+the decisions are in :mod:`claimcheck_bus.claim_check`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
-from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
-from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
+from azure.servicebus import (
+    ServiceBusClient,
+    ServiceBusMessage,
+    ServiceBusReceiver,
+    ServiceBusSender,
+    ServiceBusSubQueue,
+)
 from azure.servicebus.exceptions import MessageSizeExceededError
 
 from claimcheck_bus import _sdk
-from claimcheck_bus._core import BusCore, EventView, decode, publish_options
-from claimcheck_bus.entities import Entity, default_async_credential, resolve_entity
-from claimcheck_bus.errors import BatchPublishError, PayloadAccessDeniedError
-from claimcheck_bus.payload_download import AsyncPayloadDownloader, DownloadPolicy
-from claimcheck_bus.payload_store import AsyncPayloadStore
-from claimcheck_bus.publishing import Publication, PublishReceipt, utc_now
-from claimcheck_bus.rehydration import (
-    IncomingMessage,
-    ReceivePolicy,
-    decode_content,
-    incoming_from,
-    may_read_with_credentials,
-    plan,
-    verify_payload,
-    where,
+from claimcheck_bus._sync.downloader import PayloadDownloader
+from claimcheck_bus._sync.reader import PayloadReader, default_store
+from claimcheck_bus._sync.store import PayloadStore
+from claimcheck_bus.claim_check.entities import Entity, default_credential, resolve_entity
+from claimcheck_bus.claim_check.publication import (
+    BusCore,
+    Publication,
+    PublishReceipt,
+    publish_options,
+    utc_now,
 )
-from claimcheck_bus.settings import BusSettings, ClaimCheckSettings
-from claimcheck_bus.wire import Route
+from claimcheck_bus.claim_check.rehydration import EventView, decode, incoming_from
+from claimcheck_bus.claim_check.wire import Route
+from claimcheck_bus.errors import BatchPublishError
+from claimcheck_bus.payloads.download import DownloadPolicy
+from claimcheck_bus.settings import BusSettings
 
 T = TypeVar("T")
 log = logging.getLogger("claimcheck_bus")
 
 
-class AsyncClaimCheckBus:
-    """The ``asyncio`` twin of :class:`ClaimCheckBus`: ``async with``, ``await``, ``async for``.
+class ClaimCheckBus:
+    """Publish events to queues and topics and receive them typed, whatever their size.
 
-    :meth:`receive` fetches payloads concurrently before it returns (``prefetch=False`` leaves
-    that to ``await event.load()``). Like the SDK's ``aio`` clients, a bus is not safe to share
-    between tasks that publish or receive at the same time: use one per task.
-    ``socket_timeout`` is passed to the SDK's receivers, as :class:`ClaimCheckBus` says.
+    Payloads too large for a message (or all of them, with ``claim_check.always``) go to Blob
+    Storage and the message carries a read-only SAS URL. Senders and receivers are opened once
+    per entity and closed with the bus. Like the SDK clients it wraps, a bus is not safe to
+    share: use one per thread (sync) or per task (async).
+
+    ``socket_timeout`` is the SDK receivers' own: how long one read of the connection waits
+    for a frame (0.2 s by default), so a receive from an empty entity lasts at least that long.
     """
 
     def __init__(
@@ -56,12 +63,12 @@ class AsyncClaimCheckBus:
         settings: BusSettings | None = None,
         *,
         credential: Any = None,
-        store: AsyncPayloadStore | None = None,
+        store: PayloadStore | None = None,
         socket_timeout: float | None = None,
     ) -> None:
         settings = settings if settings is not None else BusSettings()
         if store is None:
-            store = _default_store(settings.claim_check, credential)
+            store = default_store(settings.claim_check, credential)
         self._core = BusCore(
             settings,
             has_store=store is not None,
@@ -74,12 +81,12 @@ class AsyncClaimCheckBus:
             ServiceBusClient.from_connection_string(sb.connection_string.get_secret_value())
             if sb.connection_string is not None
             else ServiceBusClient(
-                str(sb.fully_qualified_namespace), credential or default_async_credential()
+                str(sb.fully_qualified_namespace), credential or default_credential()
             )
         )
-        self._payloads = AsyncPayloadReader(
+        self._payloads = PayloadReader(
             self._core.policy,
-            AsyncPayloadDownloader(DownloadPolicy.from_settings(self.settings.claim_check)),
+            PayloadDownloader(DownloadPolicy.from_settings(self.settings.claim_check)),
             store,
         )
         self._senders: dict[str, ServiceBusSender] = {}
@@ -87,32 +94,32 @@ class AsyncClaimCheckBus:
         self._receivers: dict[tuple[str, bool], ServiceBusReceiver] = {}
         self._socket_timeout = socket_timeout
 
-    async def __aenter__(self) -> AsyncClaimCheckBus:
+    def __enter__(self) -> ClaimCheckBus:
         return self
 
-    async def __aexit__(
+    def __exit__(
         self,
         kind: type[BaseException] | None,
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        self.close()
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """Close every sender, receiver and connection this bus opened."""
         for handler in [*self._senders.values(), *self._receivers.values()]:
             try:
-                await handler.close()
+                handler.close()
             except Exception:  # closing must reach every handler
                 log.warning("closing a Service Bus handler failed", exc_info=True)
         self._senders.clear()
         self._receivers.clear()
-        await self._client.close()
-        await self._payloads.close()
+        self._client.close()
+        self._payloads.close()
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def publish(
+    def publish(
         self,
         event: object,
         *,
@@ -145,19 +152,19 @@ class AsyncClaimCheckBus:
         )
         publication = Publication.prepare(event, entity.name, options, now=utc_now())
         sender = self._sender(entity)
-        route, size = self._core.route(publication, await self._limit(entity))
+        route, size = self._core.route(publication, self._limit(entity))
         if route is Route.INLINE:
-            number = await self._send(sender, publication.inline(), scheduled_enqueue_time)
+            number = self._send(sender, publication.inline(), scheduled_enqueue_time)
             return publication.receipt(route, size, sequence_number=number)
-        message = await self._upload(publication)
+        message = self._upload(publication)
         try:
-            number = await self._send(sender, message, scheduled_enqueue_time)
+            number = self._send(sender, message, scheduled_enqueue_time)
         except BaseException:
-            await self._discard([publication])
+            self._discard([publication])
             raise
         return publication.receipt(route, size, sequence_number=number)
 
-    async def publish_batch(
+    def publish_batch(
         self,
         events: Iterable[object],
         *,
@@ -181,45 +188,43 @@ class AsyncClaimCheckBus:
         sender = self._sender(entity)
         published: list[PublishReceipt] = []
         pending: list[tuple[Publication, PublishReceipt]] = []
-        batch = await sender.create_message_batch()
+        batch = sender.create_message_batch()
         try:
             for event in events:
                 publication = Publication.prepare(event, entity.name, options, now=utc_now())
-                route, size = self._core.route(publication, await self._limit(entity))
+                route, size = self._core.route(publication, self._limit(entity))
                 message = (
-                    publication.inline()
-                    if route is Route.INLINE
-                    else await self._upload(publication)
+                    publication.inline() if route is Route.INLINE else self._upload(publication)
                 )
                 pending.append((publication, publication.receipt(route, size)))
                 if _fits(batch, message):
                     continue
                 pending.pop()
                 if len(batch):
-                    await sender.send_messages(batch)
+                    sender.send_messages(batch)
                     published.extend(receipt for _, receipt in pending)
                     pending.clear()
-                    batch = await sender.create_message_batch()
+                    batch = sender.create_message_batch()
                 pending.append((publication, publication.receipt(route, size)))
                 if not _fits(batch, message):
                     # Larger than a batch may be (Premium: 1 MB batches, 100 MB messages).
-                    await sender.send_messages(message)
+                    sender.send_messages(message)
                     published.append(pending.pop()[1])
             if len(batch):
-                await sender.send_messages(batch)
+                sender.send_messages(batch)
                 published.extend(receipt for _, receipt in pending)
                 pending.clear()
         except BaseException as error:
-            await self._discard([p for p, receipt in pending if receipt.route is Route.CLAIM_CHECK])
+            self._discard([p for p, receipt in pending if receipt.route is Route.CLAIM_CHECK])
             raise BatchPublishError(published, error) from error
         return published
 
-    async def cancel_scheduled(
+    def cancel_scheduled(
         self, sequence_number: int, *, queue: str | None = None, topic: str | None = None
     ) -> None:
         """Cancel a scheduled message by the sequence number its receipt carries."""
         entity = resolve_entity(self.settings, queue=queue, topic=topic)
-        await self._sender(entity).cancel_scheduled_messages(sequence_number)
+        self._sender(entity).cancel_scheduled_messages(sequence_number)
 
     def _sender(self, entity: Entity) -> ServiceBusSender:
         sender = self._senders.get(entity.name)
@@ -232,33 +237,31 @@ class AsyncClaimCheckBus:
             sender = self._senders[entity.name] = get(entity.name)
         return sender
 
-    async def _limit(self, entity: Entity) -> int:
+    def _limit(self, entity: Entity) -> int:
         limit = self._limits.get(entity.name)
         if limit is None:
-            limit = self._limits[entity.name] = await _sdk.max_message_size_async(
-                self._sender(entity)
-            )
+            limit = self._limits[entity.name] = _sdk.max_message_size(self._sender(entity))
         return limit
 
-    async def _upload(self, publication: Publication) -> ServiceBusMessage:
+    def _upload(self, publication: Publication) -> ServiceBusMessage:
         assert self._store is not None  # the core routes to claim-check only with a store
-        stored = await self._store.upload(**self._core.upload_arguments(publication))
+        stored = self._store.upload(**self._core.upload_arguments(publication))
         return publication.claim_checked(stored.url, sha256=stored.sha256)
 
     @staticmethod
-    async def _send(
+    def _send(
         sender: ServiceBusSender, message: ServiceBusMessage, scheduled: datetime | None
     ) -> int | None:
         if scheduled is None:
-            await sender.send_messages(message)
+            sender.send_messages(message)
             return None
-        return int((await sender.schedule_messages(message, scheduled))[0])
+        return int((sender.schedule_messages(message, scheduled))[0])
 
-    async def _discard(self, publications: list[Publication]) -> None:
+    def _discard(self, publications: list[Publication]) -> None:
         for publication in publications:
             try:
                 assert self._store is not None
-                await self._store.delete(publication.blob_name)
+                self._store.delete(publication.blob_name)
                 log.info("deleted the payload of unsent message %s", publication.message_id)
             except Exception:  # best effort: the send error is what the caller must see
                 log.warning(
@@ -270,7 +273,7 @@ class AsyncClaimCheckBus:
 
     # -- receiving -------------------------------------------------------------------------
 
-    async def receive(
+    def receive(
         self,
         as_type: type[T],
         *,
@@ -280,36 +283,26 @@ class AsyncClaimCheckBus:
         max_messages: int = 1,
         max_wait: float | None = 5.0,
         dead_letter: bool = False,
-        prefetch: bool = True,
-    ) -> list[AsyncReceivedEvent[T]]:
+    ) -> list[ReceivedEvent[T]]:
         """Receive up to ``max_messages`` events (peek-lock), waiting at most ``max_wait`` s.
 
-        With ``prefetch`` payloads are fetched concurrently before returning (a failed fetch
-        is raised by ``.data``); settle each event with ``complete()``, ``abandon()``,
+        The async client fetches claim-checked payloads concurrently before it returns (unless
+        ``prefetch=False``; then ``event.load()``); the sync client fetches a payload on
+        first access to ``.data``, and the message's lock keeps running meanwhile. A failed
+        fetch is raised by ``.data``. Settle each event with ``complete()``, ``abandon()``,
         ``dead_letter()`` or ``defer()``. ``dead_letter=True`` reads the dead-letter queue.
         """
         entity = resolve_entity(
             self.settings, queue=queue, topic=topic, subscription=subscription, receiving=True
         )
         receiver = self._receiver(entity, dead_letter)
-        messages = await receiver.receive_messages(
-            max_message_count=max_messages, max_wait_time=max_wait
-        )
+        messages = receiver.receive_messages(max_message_count=max_messages, max_wait_time=max_wait)
         events = [
-            AsyncReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages
+            ReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages
         ]
-        if prefetch:
-            # Inline payloads decode without waiting: only fetches are worth a task each.
-            fetches = []
-            for event in events:
-                if event.is_claim_check:
-                    fetches.append(event)
-                else:
-                    await event.load(raise_errors=False)
-            await asyncio.gather(*(event.load(raise_errors=False) for event in fetches))
         return events
 
-    async def receive_deferred(
+    def receive_deferred(
         self,
         as_type: type[T],
         sequence_numbers: Iterable[int],
@@ -317,20 +310,19 @@ class AsyncClaimCheckBus:
         queue: str | None = None,
         topic: str | None = None,
         subscription: str | None = None,
-    ) -> list[AsyncReceivedEvent[T]]:
+    ) -> list[ReceivedEvent[T]]:
         """Receive deferred events by their sequence numbers."""
         entity = resolve_entity(
             self.settings, queue=queue, topic=topic, subscription=subscription, receiving=True
         )
         receiver = self._receiver(entity, False)
-        messages = await receiver.receive_deferred_messages(list(sequence_numbers))
+        messages = receiver.receive_deferred_messages(list(sequence_numbers))
         events = [
-            AsyncReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages
+            ReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages
         ]
-        await asyncio.gather(*(event.load(raise_errors=False) for event in events))
         return events
 
-    async def stream(
+    def stream(
         self,
         as_type: type[T],
         *,
@@ -339,13 +331,13 @@ class AsyncClaimCheckBus:
         subscription: str | None = None,
         batch_size: int = 10,
         max_wait: float = 5.0,
-    ) -> AsyncIterator[AsyncReceivedEvent[T]]:
-        """Receive continuously: ``async for event in bus.stream(Order, queue="orders")``.
+    ) -> Iterator[ReceivedEvent[T]]:
+        """Receive continuously: ``for event in bus.stream(Order, queue="orders")``.
 
         Runs until the consumer stops iterating; idle periods simply poll again.
         """
         while True:
-            events = await self.receive(
+            events = self.receive(
                 as_type,
                 queue=queue,
                 topic=topic,
@@ -353,14 +345,13 @@ class AsyncClaimCheckBus:
                 max_messages=batch_size,
                 max_wait=max_wait,
             )
-            for event in events:
-                yield event
+            yield from events
 
-    async def rehydrate(self, message: Any, as_type: type[T], *, entity: str | None = None) -> T:
+    def rehydrate(self, message: Any, as_type: type[T], *, entity: str | None = None) -> T:
         """The typed event of a message received by other means (an Azure Functions trigger,
         your own ``ServiceBusReceiver``), its payload fetched with this bus's settings."""
         incoming = incoming_from(message, entity=entity)
-        return decode(incoming, await self._payloads.payload_of(incoming), as_type)
+        return decode(incoming, self._payloads.payload_of(incoming), as_type)
 
     def _receiver(self, entity: Entity, dead_letter: bool) -> ServiceBusReceiver:
         key = (entity.path, dead_letter)
@@ -382,12 +373,12 @@ class AsyncClaimCheckBus:
         return receiver
 
 
-class AsyncReceivedEvent(EventView[T]):
+class ReceivedEvent(EventView[T]):
     """A received event: metadata at once, the typed payload on first access to ``.data``."""
 
     def __init__(
         self,
-        payloads: AsyncPayloadReader,
+        payloads: PayloadReader,
         receiver: ServiceBusReceiver,
         message: Any,
         as_type: type[T],
@@ -399,12 +390,12 @@ class AsyncReceivedEvent(EventView[T]):
         self._data: tuple[T] | None = None
         self._error: Exception | None = None
 
-    async def load(self, *, raise_errors: bool = True) -> None:
+    def load(self, *, raise_errors: bool = True) -> None:
         """Fetch and decode the payload, so that ``.data`` is available."""
         if self._data is not None:
             return
         try:
-            payload = await self._payloads.payload_of(self.incoming)
+            payload = self._payloads.payload_of(self.incoming)
             self._data = (decode(self.incoming, payload, self.as_type),)
             self._error = None
         except Exception as error:
@@ -415,46 +406,47 @@ class AsyncReceivedEvent(EventView[T]):
     @property
     def data(self) -> T:
         """The typed event; raises the typed error its fetch or decoding met."""
+        self.load(raise_errors=False)
         if self._data is None:
             if self._error is not None:
                 raise self._error
-            raise RuntimeError("payload not loaded yet: await event.load() first")
+            raise RuntimeError("payload not loaded yet: event.load() first")
         return self._data[0]
 
-    async def payload(self) -> bytes:
+    def payload(self) -> bytes:
         """The raw payload bytes, inline or fetched."""
-        return await self._payloads.payload_of(self.incoming)
+        return self._payloads.payload_of(self.incoming)
 
-    async def save_payload(self, destination: str | Path | BinaryIO) -> int:
+    def save_payload(self, destination: str | Path | BinaryIO) -> int:
         """Stream the payload to a file path or binary file object without holding it all."""
         if isinstance(destination, (str, Path)):
             # Local file writes are short; the download awaits between its chunks.
-            with open(destination, "wb") as sink:  # noqa: ASYNC230
-                return await self._payloads.save_payload_of(self.incoming, sink)
-        return await self._payloads.save_payload_of(self.incoming, destination)
+            with open(destination, "wb") as sink:
+                return self._payloads.save_payload_of(self.incoming, sink)
+        return self._payloads.save_payload_of(self.incoming, destination)
 
-    async def complete(self) -> None:
+    def complete(self) -> None:
         """Settle as handled: Service Bus removes the message."""
-        await self._receiver.complete_message(self.message)
-        await self._payloads.completed(self.incoming)
+        self._receiver.complete_message(self.message)
+        self._payloads.completed(self.incoming)
 
-    async def abandon(self) -> None:
+    def abandon(self) -> None:
         """Give the message back for redelivery (its delivery count goes up)."""
-        await self._receiver.abandon_message(self.message)
+        self._receiver.abandon_message(self.message)
 
-    async def dead_letter(self, reason: str, description: str | None = None) -> None:
+    def dead_letter(self, reason: str, description: str | None = None) -> None:
         """Move the message to the dead-letter queue with a reason a person can act on."""
-        await self._receiver.dead_letter_message(
+        self._receiver.dead_letter_message(
             self.message, reason=reason, error_description=description
         )
 
-    async def defer(self) -> None:
+    def defer(self) -> None:
         """Set the message aside; receive it later with ``receive_deferred``."""
-        await self._receiver.defer_message(self.message)
+        self._receiver.defer_message(self.message)
 
-    async def renew_lock(self) -> datetime:
+    def renew_lock(self) -> datetime:
         """Extend the message's lock; returns the new expiry."""
-        return await self._receiver.renew_message_lock(self.message)
+        return self._receiver.renew_message_lock(self.message)
 
 
 def _fits(batch: Any, message: ServiceBusMessage) -> bool:
@@ -463,133 +455,3 @@ def _fits(batch: Any, message: ServiceBusMessage) -> bool:
     except MessageSizeExceededError:
         return False
     return True
-
-
-def _default_store(settings: ClaimCheckSettings, credential: Any) -> AsyncPayloadStore | None:
-    storage = settings.blob_storage
-    if storage.connection_string is None and not storage.account_url:
-        return None
-    from claimcheck_bus.payload_stores.azure_blob import AsyncAzureBlobPayloadStore
-
-    return AsyncAzureBlobPayloadStore.from_settings(settings, credential=credential)
-
-
-class AsyncPayloadReader:
-    """Reads received messages' payloads: inline, through their SAS URL, or, when that SAS was
-    refused and the payload is in our own container, with the store's credentials."""
-
-    def __init__(
-        self,
-        policy: ReceivePolicy,
-        downloader: AsyncPayloadDownloader,
-        store: AsyncPayloadStore | None,
-    ) -> None:
-        self._policy = policy
-        self._downloader = downloader
-        self._store = store
-
-    @classmethod
-    def from_settings(
-        cls, settings: ClaimCheckSettings, *, credential: Any = None
-    ) -> AsyncPayloadReader:
-        """A reader trusting what ``settings`` trust, with its own downloader and store."""
-        return cls(
-            ReceivePolicy.from_settings(settings),
-            AsyncPayloadDownloader(DownloadPolicy.from_settings(settings)),
-            _default_store(settings, credential),
-        )
-
-    async def __aenter__(self) -> AsyncPayloadReader:
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the downloader and the store."""
-        await self._downloader.aclose()
-        if self._store is not None:
-            await self._store.close()
-
-    async def payload_of(self, incoming: IncomingMessage) -> bytes:
-        """A received message's payload bytes: inline, or fetched and verified."""
-        fetch = plan(incoming, self._policy)
-        if fetch is None:
-            return incoming.body
-        try:
-            raw = await self._downloader.fetch(
-                fetch.location,
-                sha256=fetch.ref.sha256,
-                size=fetch.ref.size,
-                message_id=incoming.message_id,
-                entity=incoming.entity,
-            )
-        except PayloadAccessDeniedError:
-            if self._store is None or not may_read_with_credentials(fetch, self._policy):
-                raise
-            log.warning(
-                "SAS of message %s refused (expired?); reading %s with the store's credentials",
-                incoming.message_id,
-                fetch.location.blob_path,
-            )
-            raw = await self._store.read(fetch.blob_name)
-            verify_payload(raw, fetch, self._policy, incoming)
-        return decode_content(
-            raw,
-            fetch.ref.content_encoding,
-            max_bytes=self._policy.max_bytes,
-            where=where(incoming, fetch),
-        )
-
-    async def save_payload_of(self, incoming: IncomingMessage, sink: BinaryIO) -> int:
-        """Stream a received message's payload into ``sink``; returns the bytes written."""
-        fetch = plan(incoming, self._policy)
-        if fetch is None or fetch.ref.content_encoding:
-            data = await self.payload_of(incoming)
-            sink.write(data)
-            return len(data)
-        return await self._downloader.fetch_to(
-            fetch.location,
-            sink,
-            sha256=fetch.ref.sha256,
-            size=fetch.ref.size,
-            message_id=incoming.message_id,
-            entity=incoming.entity,
-        )
-
-    async def completed(self, incoming: IncomingMessage) -> None:
-        """After a complete: delete the payload when ``delete_after_complete`` asks for it."""
-        if not self._policy.delete_after_complete or self._store is None:
-            return
-        fetch = plan(incoming, self._policy)
-        if fetch is not None and may_read_with_credentials(fetch, self._policy):
-            try:
-                await self._store.delete(fetch.blob_name)
-            except Exception:  # the message is settled; the blob is only garbage now
-                log.warning("could not delete payload %s", fetch.location.blob_path, exc_info=True)
-
-
-async def rehydrate(
-    message: Any,
-    as_type: type[T],
-    *,
-    settings: BusSettings | ClaimCheckSettings | None = None,
-    entity: str | None = None,
-) -> T:
-    """The typed event of a message received by other means (an Azure Functions trigger, your
-    own ``ServiceBusReceiver``), inline or claim-checked.
-
-    ``settings`` default to ``BusSettings()``; pass a ``ClaimCheckSettings`` where no Service
-    Bus settings exist. For many messages, prefer ``AsyncClaimCheckBus.rehydrate`` (pooled HTTP).
-    """
-    if settings is None:
-        settings = BusSettings()
-    claim_check = settings.claim_check if isinstance(settings, BusSettings) else settings
-    async with AsyncPayloadReader.from_settings(claim_check) as reader:
-        incoming = incoming_from(message, entity=entity)
-        return decode(incoming, await reader.payload_of(incoming), as_type)

@@ -19,18 +19,15 @@ import httpx
 import pytest
 
 from claimcheck_bus.errors import PayloadNotFoundError
-from claimcheck_bus.payload_store import (
-    AsyncPayloadStore,
-    PayloadStore,
-    blob_name_for,
-    payload_metadata,
-)
-from claimcheck_bus.payload_stores import (
+from claimcheck_bus.payloads import (
     AsyncAzureBlobPayloadStore,
     AsyncMemoryPayloadStore,
+    AsyncPayloadStore,
     AzureBlobPayloadStore,
     MemoryPayloadStore,
+    PayloadStore,
 )
+from claimcheck_bus.payloads.store import blob_name_for, payload_metadata
 from claimcheck_bus.testing.azurite import Azurite
 
 PAYLOAD = b'{"OrderId": "42", "Lines": [' + b"1," * 5000 + b"1]}"

@@ -19,7 +19,7 @@ from claimcheck_bus.errors import (
     PayloadUnavailableError,
     TimeToLiveTooLongError,
 )
-from claimcheck_bus.payload_store import (
+from claimcheck_bus.payloads.store import (
     ACCOUNT_KEY_MAX_LIFETIME,
     DELEGATION_KEY_REFRESH_GAIN,
     USER_DELEGATION_MAX_LIFETIME,

@@ -31,19 +31,19 @@ from claimcheck_bus.errors import (
     PayloadNotFoundError,
     PayloadUnavailableError,
 )
-from claimcheck_bus.payload_store import (
+from claimcheck_bus.payloads import AsyncAzureBlobPayloadStore, AzureBlobPayloadStore
+from claimcheck_bus.payloads.azure_blob import (
+    ASYNC_MAX_SINGLE_PUT_SIZE,
+    client_options,
+    upload_body,
+)
+from claimcheck_bus.payloads.store import (
     ACCOUNT_KEY_MAX_LIFETIME,
     USER_DELEGATION_MAX_LIFETIME,
     blob_name_for,
     decode_metadata_value,
     payload_metadata,
     sas_expiry,
-)
-from claimcheck_bus.payload_stores import AsyncAzureBlobPayloadStore, AzureBlobPayloadStore
-from claimcheck_bus.payload_stores.azure_blob import (
-    ASYNC_MAX_SINGLE_PUT_SIZE,
-    client_options,
-    upload_body,
 )
 from claimcheck_bus.settings import ClaimCheckSettings
 from claimcheck_bus.testing.azurite import Azurite, AzuriteOAuth, connection_string_for

@@ -5,7 +5,7 @@ read-only SAS for that one blob, valid until :func:`sas_expiry`. Consumers fetch
 plain HTTP GET and need no storage credentials; the publisher's own code can read and delete with
 the store's credentials.
 
-Implementations live in :mod:`claimcheck_bus.payload_stores` (Azure Blob Storage, and an
+Implementations live in :mod:`claimcheck_bus.payloads` (Azure Blob Storage, and an
 in-memory store for unit tests). Everything they decide alike (names, metadata, SAS lifetime,
 delegation-key refresh, how a storage status maps to an error) is a pure function here, so the
 sync and async twins only move bytes.
@@ -19,9 +19,9 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import BinaryIO, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
+from claimcheck_bus.claim_check.urls import redact_url
 from claimcheck_bus.errors import (
     ConfigurationError,
     MessageError,
@@ -30,7 +30,6 @@ from claimcheck_bus.errors import (
     PayloadUnavailableError,
     TimeToLiveTooLongError,
 )
-from claimcheck_bus.payload_urls import redact_url
 
 #: A user-delegation key, and so any SAS it signs, lives at most 7 days (an Azure limit).
 USER_DELEGATION_MAX_LIFETIME = timedelta(days=7)
@@ -74,96 +73,6 @@ class StoredPayload:
     def redacted_url(self) -> str:
         """The URL without its SAS, safe for logs and errors."""
         return redact_url(self.url)
-
-
-class PayloadStore(Protocol):
-    """Keeps claim-checked payloads (blocking calls)."""
-
-    container_name: str
-
-    @property
-    def endpoint(self) -> str:
-        """The blob service URL (``scheme://host[:port]/[account]``) payload URLs start with."""
-        ...
-
-    @property
-    def max_sas_lifetime(self) -> timedelta | None:
-        """The longest read-only SAS this store signs (``None``: no limit)."""
-        ...
-
-    def upload(
-        self,
-        blob_name: str,
-        data: bytes | memoryview,
-        *,
-        content_type: str,
-        metadata: Mapping[str, str],
-        sas_expires_on: datetime,
-    ) -> StoredPayload:
-        """Store ``data`` as ``blob_name`` (overwriting) and return its read-only SAS URL.
-
-        Creates the container on first use (once per store instance)."""
-        ...
-
-    def delete(self, blob_name: str) -> bool:
-        """Delete the payload; False when it was already gone."""
-        ...
-
-    def read(self, blob_name: str) -> bytes:
-        """The payload's bytes, read with the store's own credentials."""
-        ...
-
-    def read_to(self, blob_name: str, sink: BinaryIO) -> int:
-        """Stream the payload into ``sink``; returns the number of bytes written."""
-        ...
-
-    def close(self) -> None:
-        """Release connections (and credentials the store created itself)."""
-        ...
-
-
-class AsyncPayloadStore(Protocol):
-    """Keeps claim-checked payloads (``asyncio``); the same contract as :class:`PayloadStore`."""
-
-    container_name: str
-
-    @property
-    def endpoint(self) -> str:
-        """The blob service URL (``scheme://host[:port]/[account]``) payload URLs start with."""
-        ...
-
-    @property
-    def max_sas_lifetime(self) -> timedelta | None:
-        """The longest read-only SAS this store signs (``None``: no limit)."""
-        ...
-
-    async def upload(
-        self,
-        blob_name: str,
-        data: bytes | memoryview,
-        *,
-        content_type: str,
-        metadata: Mapping[str, str],
-        sas_expires_on: datetime,
-    ) -> StoredPayload:
-        """Store ``data`` as ``blob_name`` (overwriting) and return its read-only SAS URL."""
-        ...
-
-    async def delete(self, blob_name: str) -> bool:
-        """Delete the payload; False when it was already gone."""
-        ...
-
-    async def read(self, blob_name: str) -> bytes:
-        """The payload's bytes, read with the store's own credentials."""
-        ...
-
-    async def read_to(self, blob_name: str, sink: BinaryIO) -> int:
-        """Stream the payload into ``sink``; returns the number of bytes written."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections (and credentials the store created itself)."""
-        ...
 
 
 # --- names -------------------------------------------------------------------------------------

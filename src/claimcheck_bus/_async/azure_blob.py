@@ -1,0 +1,244 @@
+"""Payloads in an Azure Blob Storage container: :class:`AsyncAzureBlobPayloadStore`."""
+
+from __future__ import annotations
+
+import logging
+from asyncio import Lock
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import ContentSettings
+from azure.storage.blob.aio import BlobServiceClient
+
+from claimcheck_bus.errors import ConfigurationError
+from claimcheck_bus.payloads.azure_blob import (
+    DEFAULT_CONTAINER,
+    UPLOAD_CONCURRENCY,
+    BlobStoreCore,
+    account_key_of,
+    client_options,
+    endpoint_of,
+    error_code_of,
+    status_of,
+    upload_body,
+)
+from claimcheck_bus.payloads.store import (
+    StoredPayload,
+    container_create_is_fatal,
+    delegation_key_window,
+    digest,
+    message_id_of,
+    should_recreate_container,
+    with_sha256,
+)
+
+if TYPE_CHECKING:
+    from azure.core.credentials_async import AsyncTokenCredential
+
+    from claimcheck_bus.settings import ClaimCheckSettings
+
+_log = logging.getLogger("claimcheck_bus.payloads")
+
+
+class AsyncAzureBlobPayloadStore(BlobStoreCore):
+    """Payloads in an Azure Blob Storage container (safe to share between threads in sync
+    code, and between tasks of one event loop in async code)."""
+
+    def __init__(
+        self,
+        service: BlobServiceClient,
+        container_name: str = DEFAULT_CONTAINER,
+        *,
+        account_key: str | None = None,
+        owned_credential: Any = None,
+    ) -> None:
+        """Use ``service``; ``account_key`` signs account-key SAS, without it the service's
+        token credential gets user-delegation keys. ``owned_credential`` is closed with us."""
+        super().__init__(
+            container_name, endpoint_of(service.url), service.account_name or "", account_key
+        )
+        self._service = service
+        self._container = service.get_container_client(container_name)
+        self._owned_credential = owned_credential
+        self._container_lock = Lock()
+        self._key_lock = Lock()
+
+    @classmethod
+    def from_connection_string(
+        cls, connection_string: str, container_name: str = DEFAULT_CONTAINER, **client_kwargs: Any
+    ) -> AsyncAzureBlobPayloadStore:
+        """A store that signs account-key SAS; ``client_kwargs`` go to the SDK client."""
+        _, account_key = account_key_of(connection_string)
+        service = BlobServiceClient.from_connection_string(
+            connection_string, **client_options(client_kwargs, asynchronous=True)
+        )
+        return cls(service, container_name, account_key=account_key)
+
+    @classmethod
+    def from_account_url(
+        cls,
+        account_url: str,
+        container_name: str = DEFAULT_CONTAINER,
+        *,
+        credential: AsyncTokenCredential | None = None,
+        **client_kwargs: Any,
+    ) -> AsyncAzureBlobPayloadStore:
+        """A store that signs user-delegation SAS with ``credential`` (``DefaultAzureCredential``
+        when none is given; the store then owns and closes it)."""
+        owned = None
+        if credential is None:
+            from azure.identity.aio import DefaultAzureCredential
+
+            credential = owned = DefaultAzureCredential()
+        service = BlobServiceClient(
+            account_url, credential=credential, **client_options(client_kwargs, asynchronous=True)
+        )
+        return cls(service, container_name, owned_credential=owned)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ClaimCheckSettings,
+        *,
+        credential: AsyncTokenCredential | None = None,
+        **client_kwargs: Any,
+    ) -> AsyncAzureBlobPayloadStore:
+        """The store ``claim_check.blob_storage`` describes (connection string or account URL)."""
+        storage = settings.blob_storage
+        if storage.retry_total is not None:
+            client_kwargs.setdefault("retry_total", storage.retry_total)
+        if storage.connection_string is not None:
+            return cls.from_connection_string(
+                storage.connection_string.get_secret_value(),
+                settings.container_name,
+                **client_kwargs,
+            )
+        if storage.account_url:
+            return cls.from_account_url(
+                storage.account_url,
+                settings.container_name,
+                credential=credential,
+                **client_kwargs,
+            )
+        raise ConfigurationError(
+            "claim_check.blob_storage: no storage account configured; set connection_string "
+            "or account_url."
+        )
+
+    async def upload(
+        self,
+        blob_name: str,
+        data: bytes | memoryview,
+        *,
+        content_type: str,
+        metadata: Mapping[str, str],
+        sas_expires_on: datetime,
+    ) -> StoredPayload:
+        """Store ``data`` as ``blob_name`` (overwriting) and return its read-only SAS URL."""
+        message_id = message_id_of(metadata)
+        await self._ensure_container(blob_name, message_id)
+        # The signing key first: if it cannot be had, no blob is left behind without a link.
+        await self._ensure_key(sas_expires_on, blob_name, message_id)
+        size, sha256 = digest(data)
+        metadata = with_sha256(metadata, sha256)
+        blob = self._container.get_blob_client(blob_name)
+        with self._translated("upload", blob_name, message_id):
+            try:
+                await self._put(blob, data, size, content_type, metadata)
+            except HttpResponseError as error:
+                if not should_recreate_container(status_of(error), error_code_of(error)):
+                    raise
+                # Deleted since we created it (a cleanup job, a test): create it and retry once.
+                await self._create_container(blob_name, message_id)
+                await self._put(blob, data, size, content_type, metadata)
+        _log.debug("uploaded payload %s (%d bytes)", self._blob_path(blob_name), size)
+        return self._stored(blob.url, blob_name, size, sha256, sas_expires_on)
+
+    async def _put(
+        self,
+        blob: Any,
+        data: bytes | memoryview,
+        size: int,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> None:
+        await blob.upload_blob(
+            upload_body(data),
+            length=size,
+            overwrite=True,
+            content_settings=ContentSettings(content_type=content_type),
+            metadata=dict(metadata),
+            max_concurrency=UPLOAD_CONCURRENCY,
+        )
+
+    async def delete(self, blob_name: str) -> bool:
+        """Delete the payload; False when it was already gone."""
+        with self._translated("delete", blob_name):
+            try:
+                await self._container.get_blob_client(blob_name).delete_blob()
+            except HttpResponseError as error:
+                if status_of(error) != 404:
+                    raise
+                return False
+        return True
+
+    async def read(self, blob_name: str) -> bytes:
+        """The payload's bytes, read with the store's own credentials."""
+        with self._translated("read", blob_name):
+            downloader = await self._container.get_blob_client(blob_name).download_blob()
+            return await downloader.readall()
+
+    async def read_to(self, blob_name: str, sink: BinaryIO) -> int:
+        """Stream the payload into ``sink``; returns the number of bytes written."""
+        with self._translated("read", blob_name):
+            downloader = await self._container.get_blob_client(blob_name).download_blob()
+            return await downloader.readinto(sink)
+
+    async def close(self) -> None:
+        """Close the SDK client, and the credential if the store created it."""
+        await self._service.close()
+        if self._owned_credential is not None:
+            await self._owned_credential.close()
+
+    async def __aenter__(self) -> AsyncAzureBlobPayloadStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _ensure_container(self, blob_name: str, message_id: str | None) -> None:
+        if self._container_ready:
+            return
+        async with self._container_lock:
+            if not self._container_ready:
+                await self._create_container(blob_name, message_id)
+                self._container_ready = True
+
+    async def _create_container(self, blob_name: str, message_id: str | None) -> None:
+        with self._translated("container creation", blob_name, message_id):
+            try:
+                await self._container.create_container()
+            except HttpResponseError as error:
+                if container_create_is_fatal(status_of(error), error_code_of(error)):
+                    raise
+
+    async def _ensure_key(
+        self, sas_expires_on: datetime, blob_name: str, message_id: str | None
+    ) -> None:
+        now = datetime.now(timezone.utc)
+        if not self._needs_key(now, sas_expires_on):
+            return
+        async with self._key_lock:
+            if self._needs_key(now, sas_expires_on):
+                window = delegation_key_window(now)
+                with self._translated("user-delegation key request", blob_name, message_id):
+                    key = await self._service.get_user_delegation_key(window.start, window.expiry)
+                self._keep_key(key, window)

@@ -1,0 +1,7 @@
+"""The claim-check decisions, with no I/O, in the order an event meets them.
+
+Publishing: :mod:`.entities` (which queue or topic a call means), :mod:`.publication` (the
+serialized event, its id and properties, the route it takes), :mod:`.wire` (the wire contract:
+sizes, property names and types). Receiving: :mod:`.rehydration` (from a received message to a
+plan: inline, or a payload URL checked by :mod:`.urls`, which confines it to trusted storage).
+"""
