@@ -216,7 +216,7 @@ def test_an_expired_sas_falls_back_to_our_own_credentials(
     url = upload(
         azurite,
         blob_container,
-        "late.json",
+        f"{bus.settings.service_bus.default_queue_name}/Order/bad-1.json",
         data,
         expiry=datetime.now(timezone.utc) - timedelta(minutes=5),
     )
@@ -226,6 +226,64 @@ def test_an_expired_sas_falls_back_to_our_own_credentials(
     assert "reading" in caplog.text
     assert "sig=" not in caplog.text
     event.complete()
+
+
+def deleting_bus(settings: BusSettings) -> ClaimCheckBus:
+    claim_check = settings.claim_check.model_copy(update={"delete_after_complete": True})
+    return ClaimCheckBus(settings.model_copy(update={"claim_check": claim_check}))
+
+
+def blob_exists(azurite: Azurite, container: str, name: str) -> bool:
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        return bool(service.get_blob_client(container, name).exists())
+
+
+def test_an_encoded_traversal_never_reaches_another_container(
+    bus_settings: BusSettings, azurite: Azurite, blob_container: str
+) -> None:
+    """Issue 16, failure 1: one segment decoding to ``../secret/x.json`` passed the URL check,
+    the bogus SAS got 403, and the credential fallback read (and deleted) the other blob."""
+    secret = f"secret-{blob_container}"
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        service.create_container(secret)
+        service.get_blob_client(secret, "x.json").upload_blob(b'{"OrderId": "s", "Total": 1}')
+    own = bus_settings.claim_check
+    assert own.blob_storage.connection_string is not None
+    base = f"{azurite.blob_endpoint}/{own.container_name}"
+    with deleting_bus(bus_settings) as bus:
+        for path in (f"..%2F{secret}%2Fx.json", f"..%252F{secret}%252Fx.json"):
+            send_raw(bus.settings, IsClaimCheck=True, ClaimCheckBlobUri=f"{base}/{path}?sig=bogus")
+            [event] = bus.receive(Order, max_messages=1, max_wait=10)
+            with pytest.raises(UntrustedPayloadUrlError, match="separator"):
+                _ = event.data
+            event.complete()
+    assert blob_exists(azurite, secret, "x.json")
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        service.delete_container(secret)
+
+
+def test_a_sender_cannot_make_a_deleting_receiver_delete_another_payload(
+    bus_settings: BusSettings, azurite: Azurite, blob_container: str
+) -> None:
+    """Issue 16, failure 1 (second half): a message pointing at another message's payload in
+    our container reads it through the SAS it carries, but its completion deletes nothing."""
+    queue = bus_settings.service_bus.default_queue_name
+    victim = f"{queue}/Order/someone-else.json"
+    url = upload(azurite, blob_container, victim, b'{"OrderId": "v", "Total": 1}')
+    with deleting_bus(bus_settings) as bus:
+        send_raw(bus.settings, IsClaimCheck=True, ClaimCheckBlobUri=url)
+        [event] = bus.receive(Order, max_messages=1, max_wait=10)
+        assert event.data.OrderId == "v"
+        event.complete()
+        assert blob_exists(azurite, blob_container, victim)
+        # Its own payload, by contrast, goes once completed.
+        mine = f"{queue}/Order/bad-1.json"
+        url = upload(azurite, blob_container, mine, b'{"OrderId": "m", "Total": 1}')
+        send_raw(bus.settings, IsClaimCheck=True, ClaimCheckBlobUri=url)
+        [event] = bus.receive(Order, max_messages=1, max_wait=10)
+        assert event.data.OrderId == "m"
+        event.complete()
+        assert not blob_exists(azurite, blob_container, mine)
 
 
 def test_a_payload_over_the_limit(

@@ -84,17 +84,48 @@ def build_message(
     )
 
 
-def body_bytes(body: Any) -> bytes:
-    """A received message's body as bytes: data sections joined, str encoded, None empty."""
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def body_bytes(message: Any) -> bytes:
+    """A received message's body as bytes, or :class:`BodyShapeError` saying why it has none.
+
+    Accepted: data sections (joined), an AMQP value holding a string or bytes, no body. Every
+    other shape (an AMQP sequence, a value holding a number, list or map) is refused before
+    anything is converted: ``bytes(10**9)`` of a 20-byte integer would allocate a gigabyte.
+    Works for the SDK's ``ServiceBusReceivedMessage`` (by its ``body_type``), Azure Functions'
+    message (``get_body()``) and plain objects with a ``body``.
+    """
+    kind = getattr(getattr(message, "body_type", None), "value", None)
+    if kind is None:
+        get_body = getattr(message, "get_body", None)
+        body = get_body() if callable(get_body) else getattr(message, "body", None)
+    else:
+        body = message.body
+        if kind == "sequence":
+            raise BodyShapeError("an AMQP sequence")
+        if kind == "value" and not isinstance(body, (str, *_BYTES_LIKE)) and body is not None:
+            raise BodyShapeError(f"an AMQP value holding {_shape(body)}")
     if body is None:
         return b""
-    if isinstance(body, (bytes, bytearray, memoryview)):
+    if isinstance(body, _BYTES_LIKE):
         return bytes(body)
     if isinstance(body, str):
-        return body.encode("utf-8")
-    if isinstance(body, Iterable):
-        return b"".join(bytes(part) for part in body)
-    raise TypeError(f"cannot read a message body of type {type(body).__name__}")
+        return body.encode("utf-8", "surrogateescape")
+    if isinstance(body, (list, tuple)) or (kind == "data" and isinstance(body, Iterable)):
+        parts = list(body)
+        if all(isinstance(part, _BYTES_LIKE) for part in parts):
+            return b"".join(parts)
+        raise BodyShapeError("data sections holding something other than bytes")
+    raise BodyShapeError(_shape(body))
+
+
+class BodyShapeError(ValueError):
+    """A message body of a shape no event can be read from; the text names the shape."""
+
+
+def _shape(value: Any) -> str:
+    return f"a {type(value).__name__}"
 
 
 def text_or_none(value: Any) -> str | None:

@@ -8,7 +8,7 @@ from claimcheck_bus.claim_check.rehydration import (
     IncomingMessage,
     ReceivePolicy,
     decode_content,
-    may_read_with_credentials,
+    may_use_credentials,
     plan,
 )
 from claimcheck_bus.claim_check.urls import own_endpoint
@@ -27,18 +27,18 @@ def incoming(**properties: object) -> IncomingMessage:
     [
         (
             AZURE,
-            "https://contoso.blob.core.windows.net/claim-check/orders/E/1.json?sig=x",
-            "orders/E/1.json",
+            "https://contoso.blob.core.windows.net/claim-check/orders/E/m-1.json?sig=x",
+            "orders/E/m-1.json",
         ),
         (
             AZURITE,
-            "http://127.0.0.1:10000/devstoreaccount1/claim-check/orders/E/1.json",
-            "orders/E/1.json",
+            "http://127.0.0.1:10000/devstoreaccount1/claim-check/orders/E/m-1.json",
+            "orders/E/m-1.json",
         ),
         (
             AZURE,
-            "https://contoso.blob.core.windows.net/claim-check/q/E/a%2525b%20c.json",
-            "q/E/a%25b c.json",
+            "https://contoso.blob.core.windows.net/claim-check/orders/E%20F/m-1.json",
+            "orders/E F/m-1.json",
         ),
     ],
 )
@@ -49,7 +49,24 @@ def test_the_blob_name_is_what_follows_account_and_container(
     fetch = plan(incoming(IsClaimCheck=True, ClaimCheckBlobUri=url), policy)
     assert fetch is not None
     assert fetch.blob_name == blob_name
-    assert may_read_with_credentials(fetch, policy)
+    assert may_use_credentials(fetch, policy, incoming())
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "payments/E/m-1.json",  # another entity's payload
+        "orders/E/m-2.json",  # another message's
+        "orders/m-1.json",  # not our layout
+        "secret/x.json",
+    ],
+)
+def test_our_credentials_never_serve_a_payload_the_message_does_not_own(path: str) -> None:
+    policy = ReceivePolicy(trusted=(AZURE,), own=AZURE)
+    url = f"https://contoso.blob.core.windows.net/claim-check/{path}?sig=x"
+    fetch = plan(incoming(IsClaimCheck=True, ClaimCheckBlobUri=url), policy)
+    assert fetch is not None
+    assert not may_use_credentials(fetch, policy, incoming())
 
 
 def test_inline_messages_need_no_fetch() -> None:
@@ -66,7 +83,7 @@ def test_foreign_trusted_endpoints_are_never_read_with_our_credentials() -> None
         policy,
     )
     assert fetch is not None
-    assert not may_read_with_credentials(fetch, policy)
+    assert not may_use_credentials(fetch, policy, incoming())
 
 
 def test_declared_sizes_over_the_limit_are_refused_before_any_request() -> None:

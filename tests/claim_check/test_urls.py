@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import given
@@ -55,9 +56,21 @@ def test_default_ports_and_host_case_are_normalised() -> None:
         ("https://other.blob.core.windows.net/claim-check/x.json", "not under a trusted"),
         ("https://contoso.blob.core.windows.net/other-container/x.json", "not under a trusted"),
         ("https://contoso.blob.core.windows.net/claim-check", "not under a trusted"),
-        ("https://contoso.blob.core.windows.net/claim-check/../secrets/x", "dot segments"),
-        ("https://contoso.blob.core.windows.net/claim-check/%2e%2e/secrets/x", "dot segments"),
-        ("https://contoso.blob.core.windows.net/claim-check/a%5c..%5cb", "backslashes"),
+        ("https://contoso.blob.core.windows.net/claim-check/../secrets/x", "dot segment"),
+        ("https://contoso.blob.core.windows.net/claim-check/%2e%2e/secrets/x", "dot segment"),
+        ("https://contoso.blob.core.windows.net/claim-check/%252e%252E/x", "dot segment"),
+        ("https://contoso.blob.core.windows.net/claim-check/a%5c..%5cb", "separator"),
+        # The traversal of issue 16: one segment that decodes to a path into another container.
+        ("https://contoso.blob.core.windows.net/claim-check/..%2Fsecret%2Fx.json", "separator"),
+        ("https://contoso.blob.core.windows.net/claim-check/a%252Fb.json", "separator"),
+        ("https://contoso.blob.core.windows.net/claim-check/a%25252Fb.json", "separator"),
+        ("https://contoso.blob.core.windows.net/claim-check/a%00.json", "control character"),
+        ("https://contoso.blob.core.windows.net/claim-check/a%250A.json", "control character"),
+        ("https://contoso.blob.core.windows.net/claim-check/a%FF.json", "not UTF-8"),
+        ("https://contoso.blob.core.windows.net/claim-check//x.json", "empty path segment"),
+        ("https://contoso.blob.core.windows.net/claim-check/x\t.json", "whitespace"),
+        ("https://contoso.blob.core.windows.net/claim-check/x\n.json", "whitespace"),
+        ("https://contoso.blob.core.windows.net/claim-check/x.json\\..", "separator"),
         ("https://user:pw@contoso.blob.core.windows.net/claim-check/x", "user information"),
         ("http://127.0.0.1:10001/devstoreaccount1/claim-check/x", "not under a trusted"),
         ("http://127.0.0.1:10000/otheraccount/claim-check/x", "not under a trusted"),
@@ -134,3 +147,27 @@ def test_blob_endpoints_from_connection_strings(connection_string: str, endpoint
 def test_a_connection_string_without_account_is_explained() -> None:
     with pytest.raises(ValueError, match="names no AccountName or BlobEndpoint"):
         blob_endpoint_from_connection_string("AccountKey=secret")
+
+
+def test_a_location_names_exactly_the_blob_that_was_checked() -> None:
+    url = f"https://contoso.blob.core.windows.net/claim-check/q/E/a%2525b%20c.json?{SIG}#frag"
+    location = check_payload_url(url, TRUSTED)
+    # Decoded once, as storage names it; the fragment is not part of what is fetched.
+    assert location.blob_name == "q/E/a%25b c.json"
+    assert location.url == (
+        f"https://contoso.blob.core.windows.net/claim-check/q/E/a%2525b%20c.json?{SIG}"
+    )
+
+
+@given(st.text(alphabet="%/\\.2535Ffec0aA0", max_size=12))
+def test_no_accepted_segment_decodes_to_a_separator_at_any_level(segment: str) -> None:
+    url = f"https://contoso.blob.core.windows.net/claim-check/{segment}/x.json"
+    with contextlib.suppress(UntrustedPayloadUrlError):
+        name = check_payload_url(url, TRUSTED).blob_name
+        for part in name.split("/"):
+            level = part
+            for _ in range(6):
+                assert "/" not in level
+                assert "\\" not in level
+                assert level not in (".", "..")
+                level = unquote(level)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import string
 from datetime import datetime, timedelta, timezone
-from urllib.parse import unquote
 
 import pytest
 from hypothesis import given
@@ -31,6 +30,7 @@ from claimcheck_bus.payloads.store import (
     delegation_key_window,
     digest,
     encode_metadata_value,
+    is_payload_name_of,
     message_id_of,
     needs_new_delegation_key,
     payload_metadata,
@@ -39,6 +39,7 @@ from claimcheck_bus.payloads.store import (
     should_recreate_container,
     signed_expiry,
     storage_error,
+    unescape_name_segment,
 )
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -56,16 +57,17 @@ DAY = timedelta(days=1)
         ("sales/orders", "OrderCreated", "1", "sales/orders/OrderCreated/1.json"),
         ("/sales//orders/", "OrderCreated", "1", "sales/orders/OrderCreated/1.json"),
         ("orders.v2", "Order.Created", "1.2", "orders.v2/Order.Created/1.2.json"),
-        ("a/../b", "E", "1", "a/%2E%2E/b/E/1.json"),
-        ("./orders", "E", "1", "%2E/orders/E/1.json"),
-        ("orders", "E", "../../x", "orders/E/..%2F..%2Fx.json"),
-        ("orders", "E", "a/b", "orders/E/a%2Fb.json"),
-        ("orders", "A/B", "1", "orders/A%2FB/1.json"),
-        ("orders", "E", "50%", "orders/E/50%25.json"),
-        ("orders", "E", "a\\b", "orders/E/a%5Cb.json"),
-        ("orders", "E", "tab\there\x00nul\x7f", "orders/E/tab%09here%00nul%7F.json"),
-        ("orders", "E", "\ud800", "orders/E/%ED%A0%80.json"),
+        ("a/../b", "E", "1", "a/~2E~2E/b/E/1.json"),
+        ("./orders", "E", "1", "~2E/orders/E/1.json"),
+        ("orders", "E", "../../x", "orders/E/..~2F..~2Fx.json"),
+        ("orders", "E", "a/b", "orders/E/a~2Fb.json"),
+        ("orders", "A/B", "1", "orders/A~2FB/1.json"),
+        ("orders", "E", "50%", "orders/E/50~25.json"),
+        ("orders", "E", "a\\b", "orders/E/a~5Cb.json"),
+        ("orders", "E", "tab\there\x00nul\x7f", "orders/E/tab~09here~00nul~7F.json"),
+        ("orders", "E", "\ud800", "orders/E/~ED~A0~80.json"),
         ("orders", "E", "caf\u00e9 \u65e5\u672c", "orders/E/caf\u00e9 \u65e5\u672c.json"),
+        ("orders", "E", "a~b", "orders/E/a~7Eb.json"),
     ],
 )
 def test_blob_names_follow_the_wire_contract_and_escape_what_azure_forbids(
@@ -83,6 +85,44 @@ def test_a_blob_name_needs_an_entity_an_event_type_and_a_message_id(
 ) -> None:
     with pytest.raises(MessageError, match="needs"):
         blob_name_for(entity, event_type, message_id)
+
+
+@pytest.mark.parametrize(
+    ("blob_name", "entity", "message_id", "ours"),
+    [
+        ("orders/OrderCreated/m-1.json", "orders", "m-1", True),
+        ("events/OrderCreated/m-1.json", "events/Subscriptions/billing", "m-1", True),
+        ("sales/orders/E/m-1.json", "sales/orders", "m-1", True),
+        ("orders/E/a~2Fb.json", "orders", "a/b", True),
+        # Another message's payload, another entity's, or not our layout at all.
+        ("orders/OrderCreated/m-2.json", "orders", "m-1", False),
+        ("payments/OrderCreated/m-1.json", "orders", "m-1", False),
+        ("orders/m-1.json", "orders", "m-1", False),
+        ("orders/a/b/m-1.json", "orders", "m-1", False),
+        ("orders//m-1.json", "orders", "m-1", False),
+        ("orders/OrderCreated/m-1.json", "orders", None, False),
+        ("../secret/x.json", "orders", "x", False),
+    ],
+)
+def test_own_credentials_serve_only_the_message_s_own_payload(
+    blob_name: str, entity: str, message_id: str | None, ours: bool
+) -> None:
+    assert is_payload_name_of(blob_name, entity, message_id) is ours
+
+
+@given(
+    entity=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=3).map("/".join),
+    event_type=st.text(min_size=1, max_size=12),
+    message_id=st.text(min_size=1, max_size=40),
+)
+def test_every_published_name_is_recognised_as_its_message_s(
+    entity: str, event_type: str, message_id: str
+) -> None:
+    try:
+        name = blob_name_for(entity, event_type, message_id)
+    except MessageError:
+        return
+    assert is_payload_name_of(name, entity, message_id)
 
 
 def test_a_blob_name_longer_than_azure_allows_is_refused_with_the_numbers() -> None:
@@ -114,8 +154,8 @@ def test_blob_names_are_safe_and_keep_the_message_id_recoverable(
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c == "\\" for c in name)
     name.encode("utf-8")  # no lone surrogates left
     assert name.endswith(".json")
-    assert unquote(segments[-1][: -len(".json")], errors="surrogatepass") == message_id
-    assert unquote(segments[-2], errors="surrogatepass") == event_type
+    assert unescape_name_segment(segments[-1][: -len(".json")]) == message_id
+    assert unescape_name_segment(segments[-2]) == event_type
 
 
 @given(a=st.text(min_size=1, max_size=20), b=st.text(min_size=1, max_size=20))
@@ -368,4 +408,4 @@ def test_only_a_vanished_container_triggers_a_recreate() -> None:
 def test_escaping_uses_only_url_safe_percent_triplets() -> None:
     name = blob_name_for("orders", "E", "".join(chr(c) for c in range(0x20)))
     escaped = name.split("/")[-1]
-    assert set(escaped) <= set(string.hexdigits + "%.json")
+    assert set(escaped) <= set(string.hexdigits + "~.json")

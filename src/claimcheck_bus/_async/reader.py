@@ -14,12 +14,12 @@ from claimcheck_bus.claim_check.rehydration import (
     decode,
     decode_content,
     incoming_from,
-    may_read_with_credentials,
+    may_use_credentials,
     plan,
     verify_payload,
     where,
 )
-from claimcheck_bus.errors import PayloadAccessDeniedError
+from claimcheck_bus.errors import MessageError, PayloadAccessDeniedError
 from claimcheck_bus.payloads.download import DownloadPolicy
 from claimcheck_bus.settings import BusSettings, ClaimCheckSettings
 
@@ -93,7 +93,7 @@ class AsyncPayloadReader:
                 entity=incoming.entity,
             )
         except PayloadAccessDeniedError:
-            if self._store is None or not may_read_with_credentials(fetch, self._policy):
+            if self._store is None or not may_use_credentials(fetch, self._policy, incoming):
                 raise
             log.warning(
                 "SAS of message %s refused (expired?); reading %s with the store's credentials",
@@ -129,8 +129,11 @@ class AsyncPayloadReader:
         """After a complete: delete the payload when ``delete_after_complete`` asks for it."""
         if not self._policy.delete_after_complete or self._store is None:
             return
-        fetch = plan(incoming, self._policy)
-        if fetch is not None and may_read_with_credentials(fetch, self._policy):
+        try:
+            fetch = plan(incoming, self._policy)
+        except MessageError:  # settled all the same; there is nothing of ours to delete
+            return
+        if fetch is not None and may_use_credentials(fetch, self._policy, incoming):
             try:
                 await self._store.delete(fetch.blob_name)
             except Exception:  # the message is settled; the blob is only garbage now

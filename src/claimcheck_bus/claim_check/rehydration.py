@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
-from urllib.parse import unquote
 
 from claimcheck_bus import _sdk
 from claimcheck_bus.claim_check.urls import (
@@ -31,8 +30,14 @@ from claimcheck_bus.claim_check.wire import (
     normalise_properties,
     read_claim_check,
 )
-from claimcheck_bus.errors import EventDecodeError, PayloadIntegrityError, PayloadTooLargeError
+from claimcheck_bus.errors import (
+    EventDecodeError,
+    MessageError,
+    PayloadIntegrityError,
+    PayloadTooLargeError,
+)
 from claimcheck_bus.events import deserialize
+from claimcheck_bus.payloads.store import is_payload_name_of
 from claimcheck_bus.settings import ClaimCheckSettings
 
 MB = 1024 * 1024
@@ -52,6 +57,8 @@ class IncomingMessage:
     delivery_count: int | None = None
     sequence_number: int | None = None
     enqueued_time: datetime | None = None
+    problem: MessageError | None = None
+    """Why the message cannot be read at all (its body's shape), raised when reading it."""
 
     @property
     def event_type(self) -> str | None:
@@ -62,25 +69,65 @@ class IncomingMessage:
 
 def incoming_from(message: Any, *, entity: str | None = None) -> IncomingMessage:
     """Read a ``ServiceBusReceivedMessage``, an ``azure.functions.ServiceBusMessage`` or any
-    object with the same attribute names into an :class:`IncomingMessage`."""
-    properties = getattr(message, "application_properties", None)
-    if properties is None:
-        properties = getattr(message, "user_properties", None)
-    get_body = getattr(message, "get_body", None)
-    body = get_body() if callable(get_body) else getattr(message, "body", None)
+    object with the same attribute names into an :class:`IncomingMessage`.
+
+    Never raises: a message whose body or properties cannot be read (the sender decides their
+    shape) comes back with :attr:`IncomingMessage.problem` set, which reading its payload raises,
+    so one such message never costs the rest of its batch.
+    """
+    message_id = _attribute_text(message, "message_id")
+    problem: MessageError | None = None
+    try:
+        body = _sdk.body_bytes(message)
+    except _sdk.BodyShapeError as error:
+        body = b""
+        problem = EventDecodeError(
+            f"message body is {error}, not data sections",
+            message_id=message_id,
+            entity=entity,
+            hint="Send the event as one AMQP data section (the SDKs' default for bytes or str).",
+        )
+    try:
+        properties = getattr(message, "application_properties", None)
+        if properties is None:
+            properties = getattr(message, "user_properties", None)
+        normalised = normalise_properties(properties)
+    except Exception as error:  # a foreign object's properties: nothing we can route on
+        normalised = {}
+        problem = problem or EventDecodeError(
+            f"application properties are unreadable ({type(error).__name__})",
+            message_id=message_id,
+            entity=entity,
+        )
     return IncomingMessage(
-        message_id=_sdk.text_or_none(getattr(message, "message_id", None)),
-        content_type=_sdk.text_or_none(getattr(message, "content_type", None)),
-        subject=_sdk.text_or_none(
-            getattr(message, "subject", None) or getattr(message, "label", None)
-        ),
-        properties=normalise_properties(properties),
-        body=_sdk.body_bytes(body),
+        message_id=message_id,
+        content_type=_attribute_text(message, "content_type"),
+        subject=_attribute_text(message, "subject") or _attribute_text(message, "label"),
+        properties=normalised,
+        body=body,
         entity=entity,
-        delivery_count=getattr(message, "delivery_count", None),
-        sequence_number=getattr(message, "sequence_number", None),
-        enqueued_time=getattr(message, "enqueued_time_utc", None),
+        delivery_count=_attribute_int(message, "delivery_count"),
+        sequence_number=_attribute_int(message, "sequence_number"),
+        enqueued_time=_attribute_time(message, "enqueued_time_utc"),
+        problem=problem,
     )
+
+
+def _attribute_text(message: Any, name: str) -> str | None:
+    try:
+        return _sdk.text_or_none(getattr(message, name, None))
+    except Exception:  # a property object that cannot even be printed
+        return None
+
+
+def _attribute_int(message: Any, name: str) -> int | None:
+    value = getattr(message, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _attribute_time(message: Any, name: str) -> datetime | None:
+    value = getattr(message, name, None)
+    return value if isinstance(value, datetime) else None
 
 
 @dataclass(frozen=True)
@@ -130,10 +177,8 @@ class Fetch:
 
     @property
     def blob_name(self) -> str:
-        """The blob's name inside our container: the path after the trusted prefix (account
-        and container), percent-decoded as storage clients expect it."""
-        segments = self.location.blob_path.split("/")[len(self.location.endpoint.path) :]
-        return unquote("/".join(segments))
+        """The blob's name below the trusted endpoint (see :attr:`PayloadLocation.blob_name`)."""
+        return self.location.blob_name
 
 
 def plan(incoming: IncomingMessage, policy: ReceivePolicy) -> Fetch | None:
@@ -142,6 +187,8 @@ def plan(incoming: IncomingMessage, policy: ReceivePolicy) -> Fetch | None:
     Refuses (typed errors) an invalid claim-check, an untrusted URL, or a declared size over the
     limit, all before any request.
     """
+    if incoming.problem is not None:
+        raise incoming.problem
     where = {"message_id": incoming.message_id, "entity": incoming.entity}
     ref = read_claim_check(incoming.properties, **where)
     if ref is None:
@@ -157,9 +204,17 @@ def plan(incoming: IncomingMessage, policy: ReceivePolicy) -> Fetch | None:
     return Fetch(location, ref)
 
 
-def may_read_with_credentials(fetch: Fetch, policy: ReceivePolicy) -> bool:
-    """True when the payload lives in our own container, so our store may read it directly."""
-    return policy.own is not None and fetch.location.endpoint == policy.own
+def may_use_credentials(fetch: Fetch, policy: ReceivePolicy, incoming: IncomingMessage) -> bool:
+    """True when the receiver may read or delete this payload with its own credentials: it is
+    in our own container, and its name is this library's layout for this very message on the
+    entity it was received from (see :func:`~claimcheck_bus.payloads.store.is_payload_name_of`).
+    """
+    return (
+        policy.own is not None
+        and fetch.location.endpoint == policy.own
+        and incoming.entity is not None
+        and is_payload_name_of(fetch.blob_name, incoming.entity, incoming.message_id)
+    )
 
 
 def where(incoming: IncomingMessage, fetch: Fetch | None = None) -> dict[str, str | None]:

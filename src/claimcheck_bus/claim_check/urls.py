@@ -8,6 +8,7 @@ request, :func:`check_payload_url` accepts it only when its scheme, host, port a
 from __future__ import annotations
 
 import ipaddress
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -53,7 +54,13 @@ class PayloadLocation:
     """The full URL, SAS included: pass it to HTTP only, never to logs or errors."""
     endpoint: TrustedEndpoint
     blob_path: str
-    """Container and blob name, e.g. ``claim-check/orders/OrderCreated/<id>.json``."""
+    """The decoded path, e.g. ``devstoreaccount1/claim-check/orders/OrderCreated/<id>.json``."""
+
+    @property
+    def blob_name(self) -> str:
+        """The blob's name below the trusted endpoint's path (for our own container, the name
+        a storage client takes). Every segment was checked, so it cannot leave that path."""
+        return "/".join(self.blob_path.split("/")[len(self.endpoint.path) :])
 
     @property
     def redacted(self) -> str:
@@ -84,6 +91,39 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: How many rounds of percent-decoding a path segment is checked through: storage front ends,
+#: proxies and SDKs have each been seen to decode once more than the last.
+MAX_DECODING_LEVELS = 4
+
+
+def segment_problem(segment: str) -> str | None:
+    """Why a raw URL path segment cannot be part of a blob name, or ``None`` when it can.
+
+    A segment must name one path element at every level of percent-decoding: no ``/`` or
+    ``\\`` (encoded separators climb out of the container), no ``.``/``..`` (resolved away by
+    HTTP clients), no control characters, valid UTF-8, and stable within
+    :data:`MAX_DECODING_LEVELS` rounds.
+    """
+    if not segment:
+        return "an empty path segment"
+    level = segment
+    for _ in range(MAX_DECODING_LEVELS):
+        if "/" in level or "\\" in level:
+            return "an encoded path separator"
+        if level in (".", ".."):
+            return "a dot segment"
+        if any(unicodedata.category(char) == "Cc" for char in level):
+            return "a control character"
+        try:
+            decoded = unquote(level, errors="strict")
+        except UnicodeDecodeError:
+            return "percent-encoding that is not UTF-8"
+        if decoded == level:
+            return None
+        level = decoded
+    return "percent-encoding nested too deep"
+
+
 def check_payload_url(
     url: str,
     trusted: tuple[TrustedEndpoint, ...] | list[TrustedEndpoint],
@@ -92,18 +132,26 @@ def check_payload_url(
     message_id: str | None = None,
     entity: str | None = None,
 ) -> PayloadLocation:
-    """Accept ``url`` only under one of the ``trusted`` endpoints; otherwise raise
-    :class:`UntrustedPayloadUrlError` (naming the redacted URL and what to configure)."""
+    """Accept ``url`` only under one of the ``trusted`` endpoints, naming exactly one blob;
+    otherwise raise :class:`UntrustedPayloadUrlError` (naming the redacted URL and what to
+    configure). Nothing here makes a request.
+
+    The accepted location's :attr:`PayloadLocation.url` is rebuilt from the checked parts
+    (no user information, no fragment), so what is fetched is what was checked.
+    """
 
     def refuse(problem: str, hint: str | None = None) -> UntrustedPayloadUrlError:
         return UntrustedPayloadUrlError(
             problem,
             message_id=message_id,
             entity=entity,
-            blob_path=redact_url(url) if url else None,
+            blob_path=_printable(redact_url(url)) if url else None,
             hint=hint,
         )
 
+    # urlsplit silently drops tabs and newlines; a URL carrying any is refused whole.
+    if any(char.isspace() or unicodedata.category(char) == "Cc" for char in url):
+        raise refuse("payload URL contains whitespace or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -112,7 +160,7 @@ def check_payload_url(
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
         raise refuse("payload URL is not an http(s) URL")
-    if parts.username is not None or parts.password is not None:
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise refuse("payload URL carries user information")
     host = parts.hostname.lower()
     if scheme == "http" and not (allow_http or is_loopback(host)):
@@ -120,9 +168,15 @@ def check_payload_url(
             "payload URL uses http where https is required",
             "Plain http is accepted only for loopback hosts, or with claim_check.allow_http.",
         )
-    segments = _segments(parts.path)
-    if any(_is_dot_segment(segment) for segment in segments) or "\\" in unquote(parts.path):
-        raise refuse("payload URL path has dot segments or backslashes")
+    raw_segments = parts.path.split("/")
+    if raw_segments[:1] != [""]:
+        raise refuse("payload URL has no absolute path")
+    raw_segments = raw_segments[1:]
+    for segment in raw_segments:
+        problem = segment_problem(segment)
+        if problem is not None:
+            raise refuse(f"payload URL path has {problem}")
+    segments = tuple(unquote(segment) for segment in raw_segments)
     port = port or _DEFAULT_PORTS[scheme]
     for endpoint in trusted:
         if (
@@ -130,7 +184,12 @@ def check_payload_url(
             and segments[: len(endpoint.path)] == endpoint.path
             and len(segments) > len(endpoint.path)
         ):
-            return PayloadLocation(url=url, endpoint=endpoint, blob_path="/".join(segments))
+            rebuilt = f"{scheme}://{parts.netloc}{parts.path}"
+            return PayloadLocation(
+                url=f"{rebuilt}?{parts.query}" if parts.query else rebuilt,
+                endpoint=endpoint,
+                blob_path="/".join(segments),
+            )
     raise refuse(
         "payload URL is not under a trusted storage endpoint",
         "Trusted: "
@@ -143,8 +202,9 @@ def _segments(path: str) -> tuple[str, ...]:
     return tuple(segment for segment in path.split("/") if segment)
 
 
-def _is_dot_segment(segment: str) -> bool:
-    return unquote(segment) in (".", "..")
+def _printable(text: str) -> str:
+    # Error text goes to logs and dead-letter descriptions: no control characters from a sender.
+    return "".join(char if char.isprintable() else "?" for char in text)[:300]
 
 
 def parse_connection_string(connection_string: str) -> dict[str, str]:

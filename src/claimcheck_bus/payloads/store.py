@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,11 +84,13 @@ def blob_name_for(entity: str, event_type: str, message_id: str) -> str:
 
     Readable names stay as they are. Slashes in ``entity`` (Service Bus paths such as
     ``sales/orders``) become folders, empty segments are dropped. Slashes in the event type and
-    the message id are escaped, so that an id can never climb into another folder. Escaping is
-    percent-encoding of the UTF-8 bytes, literally in the name (``%`` itself becomes ``%25``,
-    so distinct inputs keep distinct names): control and other non-printable characters,
-    backslashes, lone surrogates, and dot segments (``.``/``..``, which HTTP clients would
-    resolve away).
+    the message id are escaped, so that an id can never climb into another folder. Escaping
+    writes each UTF-8 byte as ``~XX`` (``~`` itself becomes ``~7E``, so distinct inputs keep
+    distinct names): ``/``, ``%``, backslashes, control and other non-printable characters,
+    lone surrogates, and dot segments (``.``/``..``, which HTTP clients would resolve away).
+    ``~`` rather than ``%``: a name holding ``%2F`` would decode to a separator one level
+    down, and receivers refuse such payload URLs (:func:`~claimcheck_bus.claim_check.urls.
+    segment_problem`).
     """
     if not message_id:
         raise MessageError("a claim-checked message needs a message id", entity=entity or None)
@@ -116,18 +119,45 @@ def blob_name_for(entity: str, event_type: str, message_id: str) -> str:
 def _escape(text: str, also: str = "") -> str:
     escaped = "".join(_escape_char(char) if _must_escape(char, also) else char for char in text)
     if escaped in (".", ".."):
-        return escaped.replace(".", "%2E")
+        return escaped.replace(".", "~2E")
     return escaped
 
 
 def _must_escape(char: str, also: str) -> bool:
     # Cc: control characters Azure refuses; Cs: lone surrogates that cannot be UTF-8 encoded;
     # Cn: unassigned code points and non-characters (U+FFFE, U+FFFF) Azure refuses too.
-    return char in "%\\" or char in also or unicodedata.category(char) in ("Cc", "Cs", "Cn")
+    return char in "%~\\" or char in also or unicodedata.category(char) in ("Cc", "Cs", "Cn")
 
 
 def _escape_char(char: str) -> str:
-    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(f"~{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
+def unescape_name_segment(segment: str) -> str:
+    """The text a :func:`blob_name_for` segment was escaped from."""
+    raw = re.sub(rb"~([0-9A-F]{2})", lambda m: bytes([int(m[1], 16)]), segment.encode())
+    return raw.decode("utf-8", "surrogatepass")
+
+
+def is_payload_name_of(blob_name: str, entity: str, message_id: str | None) -> bool:
+    """True when ``blob_name`` is :func:`blob_name_for` of ``message_id`` published to
+    ``entity`` (a queue, a topic, or a topic's subscription path), for some event type.
+
+    A receiver uses its own credentials (a fallback read, a delete) only for such names, so a
+    sender can never point them at another entity's payloads or at another message's.
+    """
+    if not message_id:
+        return False
+    published_to = entity.split("/Subscriptions/", 1)[0]
+    prefix = [_escape(part) for part in published_to.split("/") if part]
+    segments = blob_name.split("/")
+    return (
+        bool(prefix)
+        and len(segments) == len(prefix) + 2
+        and segments[: len(prefix)] == prefix
+        and bool(segments[-2])
+        and segments[-1] == _escape(message_id, "/") + PAYLOAD_EXTENSION
+    )
 
 
 # --- metadata ----------------------------------------------------------------------------------

@@ -163,8 +163,15 @@ def upcast(document: Any, chain: Sequence[Upcaster]) -> Any:
 
 
 def parse_json(body: bytes) -> Any:
-    """A payload's JSON document, for upcasting; raises ``ValueError`` when it is not JSON."""
-    return json.loads(body)
+    """A payload's JSON document, for upcasting; raises ``ValueError`` when it is not JSON.
+
+    Whatever the sender wrote (nesting deeper than the parser recurses, invalid UTF-8, numbers
+    of a million digits) is a ``ValueError``: a property of the payload, never worth a retry.
+    """
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def decide(

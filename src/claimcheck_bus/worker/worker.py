@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import signal
 import threading
@@ -23,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from claimcheck_bus import AsyncClaimCheckBus, AsyncReceivedEvent
-from claimcheck_bus.errors import InvalidEventError
+from claimcheck_bus.errors import EventDecodeError, InvalidEventError
 from claimcheck_bus.events import deserialize
 from claimcheck_bus.settings import BusSettings
 from claimcheck_bus.worker.context import EventContext
@@ -750,17 +751,18 @@ def _decode(
         )
     try:
         document = parse_json(body)
-    except ValueError:
-        # Same words as deserialize uses for a non-JSON payload.
-        return deserialize(body, route.event_class, **where)
+    except ValueError as error:
+        raise EventDecodeError(
+            f"payload is not valid JSON ({str(error)[:200]})",
+            **where,
+            hint="The sender must publish UTF-8 JSON for typed events.",
+        ) from None
     try:
-        upgraded = upcast(document, chain)
+        upgraded = json.dumps(upcast(document, chain)).encode()
     except Exception as failure:
         raise InvalidEventError(
             f"upcasting {route.event_type} v{version} to v{route.version} failed: "
             f"{type(failure).__name__}: {str(failure)[:200]}",
             **where,
         ) from failure
-    import json
-
-    return deserialize(json.dumps(upgraded).encode(), route.event_class, **where)
+    return deserialize(upgraded, route.event_class, **where)
