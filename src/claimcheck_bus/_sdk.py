@@ -124,8 +124,11 @@ class BodyShapeError(ValueError):
     """A message body of a shape no event can be read from; the text names the shape."""
 
 
+_SHAPES = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "a map"}
+
+
 def _shape(value: Any) -> str:
-    return f"a {type(value).__name__}"
+    return _SHAPES.get(type(value), f"a value of type {type(value).__name__}")
 
 
 def text_or_none(value: Any) -> str | None:

@@ -132,7 +132,11 @@ class ClaimCheckSettings(_Section):
     max_download_size_mb: float = 256.0
     """Receivers refuse payloads larger than this, before and while downloading."""
     download_timeout_seconds: float = 30.0
-    """Connect/read timeout of one payload download attempt."""
+    """Wall time of one payload download attempt; a download gives up after four attempts'
+    worth, backoffs included."""
+    payload_budget_mb: float | None = None
+    """Fetched payload bytes a receiver (a bus, a worker) holds at once, until their messages
+    are settled; further downloads wait. Default: twice ``max_download_size_mb``."""
     delete_after_complete: bool = False
     """Delete the blob when a claim-checked message is completed. Only for point-to-point
     queues: on a topic the other subscriptions still need it."""
@@ -301,6 +305,11 @@ def settings_problems(settings: BusSettings) -> list[str]:
         problems.append("claim_check.max_download_size_mb: must be above 0.")
     if cc.download_timeout_seconds <= 0:
         problems.append("claim_check.download_timeout_seconds: must be above 0.")
+    if cc.payload_budget_mb is not None and cc.payload_budget_mb < cc.max_download_size_mb:
+        problems.append(
+            "claim_check.payload_budget_mb: must be at least max_download_size_mb, or the "
+            "largest payloads could never be fetched."
+        )
     for index, endpoint in enumerate(cc.trusted_blob_endpoints):
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:

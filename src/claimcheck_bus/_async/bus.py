@@ -8,6 +8,7 @@ the decisions are in :mod:`claimcheck_bus.claim_check`.
 from __future__ import annotations
 
 import logging
+import weakref
 from asyncio import gather
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
@@ -20,8 +21,7 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBu
 from azure.servicebus.exceptions import MessageSizeExceededError
 
 from claimcheck_bus import _sdk
-from claimcheck_bus._async.downloader import AsyncPayloadDownloader
-from claimcheck_bus._async.reader import AsyncPayloadReader, default_store
+from claimcheck_bus._async.reader import AsyncPayloadReader, default_store, downloader_for
 from claimcheck_bus._async.store import AsyncPayloadStore
 from claimcheck_bus.claim_check.entities import Entity, default_async_credential, resolve_entity
 from claimcheck_bus.claim_check.publication import (
@@ -34,7 +34,7 @@ from claimcheck_bus.claim_check.publication import (
 from claimcheck_bus.claim_check.rehydration import EventView, decode, incoming_from
 from claimcheck_bus.claim_check.wire import Route
 from claimcheck_bus.errors import BatchPublishError
-from claimcheck_bus.payloads.download import DownloadPolicy
+from claimcheck_bus.payloads.budget import PayloadHold
 from claimcheck_bus.settings import BusSettings
 
 T = TypeVar("T")
@@ -80,9 +80,7 @@ class AsyncClaimCheckBus:
             )
         )
         self._payloads = AsyncPayloadReader(
-            self._core.policy,
-            AsyncPayloadDownloader(DownloadPolicy.from_settings(self.settings.claim_check)),
-            store,
+            self._core.policy, downloader_for(self.settings.claim_check), store
         )
         self._senders: dict[str, ServiceBusSender] = {}
         self._limits: dict[str, int] = {}
@@ -409,13 +407,17 @@ class AsyncReceivedEvent(EventView[T]):
         self._receiver = receiver
         self._data: tuple[T] | None = None
         self._error: Exception | None = None
+        # Its payload's share of the reader's budget, given back once settled (or, for an
+        # event dropped unsettled, once collected).
+        self._hold = PayloadHold()
+        weakref.finalize(self, payloads.release, self._hold)
 
     async def load(self, *, raise_errors: bool = True) -> None:
         """Fetch and decode the payload, so that ``.data`` is available."""
         if self._data is not None:
             return
         try:
-            payload = await self._payloads.payload_of(self.incoming)
+            payload = await self._payloads.payload_of(self.incoming, self._hold)
             self._data = (decode(self.incoming, payload, self.as_type),)
             self._error = None
         except Exception as error:
@@ -448,21 +450,25 @@ class AsyncReceivedEvent(EventView[T]):
     async def complete(self) -> None:
         """Settle as handled: Service Bus removes the message."""
         await self._receiver.complete_message(self.message)
+        self._payloads.release(self._hold)
         await self._payloads.completed(self.incoming)
 
     async def abandon(self) -> None:
         """Give the message back for redelivery (its delivery count goes up)."""
         await self._receiver.abandon_message(self.message)
+        self._payloads.release(self._hold)
 
     async def dead_letter(self, reason: str, description: str | None = None) -> None:
         """Move the message to the dead-letter queue with a reason a person can act on."""
         await self._receiver.dead_letter_message(
             self.message, reason=reason, error_description=description
         )
+        self._payloads.release(self._hold)
 
     async def defer(self) -> None:
         """Set the message aside; receive it later with ``receive_deferred``."""
         await self._receiver.defer_message(self.message)
+        self._payloads.release(self._hold)
 
     async def renew_lock(self) -> datetime:
         """Extend the message's lock; returns the new expiry."""

@@ -20,11 +20,20 @@ from claimcheck_bus.claim_check.rehydration import (
     where,
 )
 from claimcheck_bus.errors import MessageError, PayloadAccessDeniedError
-from claimcheck_bus.payloads.download import DownloadPolicy
+from claimcheck_bus.payloads.budget import AsyncPayloadBudget, PayloadHold
+from claimcheck_bus.payloads.download import DownloadPolicy, payload_budget_bytes
 from claimcheck_bus.settings import BusSettings, ClaimCheckSettings
 
 T = TypeVar("T")
 log = logging.getLogger("claimcheck_bus")
+
+
+def downloader_for(settings: ClaimCheckSettings) -> AsyncPayloadDownloader:
+    """A downloader with the timeouts, size limit and payload budget ``settings`` ask for."""
+    policy = DownloadPolicy.from_settings(settings)
+    return AsyncPayloadDownloader(
+        policy, budget=AsyncPayloadBudget(payload_budget_bytes(settings, policy))
+    )
 
 
 def default_store(settings: ClaimCheckSettings, credential: Any) -> AsyncPayloadStore | None:
@@ -58,7 +67,7 @@ class AsyncPayloadReader:
         """A reader trusting what ``settings`` trust, with its own downloader and store."""
         return cls(
             ReceivePolicy.from_settings(settings),
-            AsyncPayloadDownloader(DownloadPolicy.from_settings(settings)),
+            downloader_for(settings),
             default_store(settings, credential),
         )
 
@@ -79,8 +88,12 @@ class AsyncPayloadReader:
         if self._store is not None:
             await self._store.close()
 
-    async def payload_of(self, incoming: IncomingMessage) -> bytes:
-        """A received message's payload bytes: inline, or fetched and verified."""
+    async def payload_of(self, incoming: IncomingMessage, hold: PayloadHold | None = None) -> bytes:
+        """A received message's payload bytes: inline, or fetched and verified.
+
+        A fetched payload's bytes are reserved in the reader's budget into ``hold``, to be
+        given back with :meth:`release` once they are no longer kept (without a ``hold``, as
+        soon as they are returned)."""
         fetch = plan(incoming, self._policy)
         if fetch is None:
             return incoming.body
@@ -91,6 +104,7 @@ class AsyncPayloadReader:
                 size=fetch.ref.size,
                 message_id=incoming.message_id,
                 entity=incoming.entity,
+                hold=hold,
             )
         except PayloadAccessDeniedError:
             if self._store is None or not may_use_credentials(fetch, self._policy, incoming):
@@ -124,6 +138,11 @@ class AsyncPayloadReader:
             message_id=incoming.message_id,
             entity=incoming.entity,
         )
+
+    def release(self, hold: PayloadHold) -> None:
+        """Give back what ``hold`` reserved of the payload budget (the event was settled)."""
+        if self._downloader.budget is not None:
+            self._downloader.budget.give_back(hold)
 
     async def completed(self, incoming: IncomingMessage) -> None:
         """After a complete: delete the payload when ``delete_after_complete`` asks for it."""

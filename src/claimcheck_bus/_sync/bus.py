@@ -9,6 +9,7 @@ the decisions are in :mod:`claimcheck_bus.claim_check`.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,8 +26,7 @@ from azure.servicebus import (
 from azure.servicebus.exceptions import MessageSizeExceededError
 
 from claimcheck_bus import _sdk
-from claimcheck_bus._sync.downloader import PayloadDownloader
-from claimcheck_bus._sync.reader import PayloadReader, default_store
+from claimcheck_bus._sync.reader import PayloadReader, default_store, downloader_for
 from claimcheck_bus._sync.store import PayloadStore
 from claimcheck_bus.claim_check.entities import Entity, default_credential, resolve_entity
 from claimcheck_bus.claim_check.publication import (
@@ -39,7 +39,7 @@ from claimcheck_bus.claim_check.publication import (
 from claimcheck_bus.claim_check.rehydration import EventView, decode, incoming_from
 from claimcheck_bus.claim_check.wire import Route
 from claimcheck_bus.errors import BatchPublishError
-from claimcheck_bus.payloads.download import DownloadPolicy
+from claimcheck_bus.payloads.budget import PayloadHold
 from claimcheck_bus.settings import BusSettings
 
 T = TypeVar("T")
@@ -85,9 +85,7 @@ class ClaimCheckBus:
             )
         )
         self._payloads = PayloadReader(
-            self._core.policy,
-            PayloadDownloader(DownloadPolicy.from_settings(self.settings.claim_check)),
-            store,
+            self._core.policy, downloader_for(self.settings.claim_check), store
         )
         self._senders: dict[str, ServiceBusSender] = {}
         self._limits: dict[str, int] = {}
@@ -389,13 +387,17 @@ class ReceivedEvent(EventView[T]):
         self._receiver = receiver
         self._data: tuple[T] | None = None
         self._error: Exception | None = None
+        # Its payload's share of the reader's budget, given back once settled (or, for an
+        # event dropped unsettled, once collected).
+        self._hold = PayloadHold()
+        weakref.finalize(self, payloads.release, self._hold)
 
     def load(self, *, raise_errors: bool = True) -> None:
         """Fetch and decode the payload, so that ``.data`` is available."""
         if self._data is not None:
             return
         try:
-            payload = self._payloads.payload_of(self.incoming)
+            payload = self._payloads.payload_of(self.incoming, self._hold)
             self._data = (decode(self.incoming, payload, self.as_type),)
             self._error = None
         except Exception as error:
@@ -428,21 +430,25 @@ class ReceivedEvent(EventView[T]):
     def complete(self) -> None:
         """Settle as handled: Service Bus removes the message."""
         self._receiver.complete_message(self.message)
+        self._payloads.release(self._hold)
         self._payloads.completed(self.incoming)
 
     def abandon(self) -> None:
         """Give the message back for redelivery (its delivery count goes up)."""
         self._receiver.abandon_message(self.message)
+        self._payloads.release(self._hold)
 
     def dead_letter(self, reason: str, description: str | None = None) -> None:
         """Move the message to the dead-letter queue with a reason a person can act on."""
         self._receiver.dead_letter_message(
             self.message, reason=reason, error_description=description
         )
+        self._payloads.release(self._hold)
 
     def defer(self) -> None:
         """Set the message aside; receive it later with ``receive_deferred``."""
         self._receiver.defer_message(self.message)
+        self._payloads.release(self._hold)
 
     def renew_lock(self) -> datetime:
         """Extend the message's lock; returns the new expiry."""

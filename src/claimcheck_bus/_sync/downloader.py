@@ -10,6 +10,7 @@ from typing import BinaryIO
 import httpx
 
 from claimcheck_bus.claim_check.urls import PayloadLocation
+from claimcheck_bus.payloads.budget import PayloadBudget, PayloadHold
 from claimcheck_bus.payloads.download import (
     REQUEST_HEADERS,
     DownloadPolicy,
@@ -28,8 +29,16 @@ class PayloadDownloader:
     settings.
     """
 
-    def __init__(self, policy: DownloadPolicy, *, client: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        policy: DownloadPolicy,
+        *,
+        client: httpx.Client | None = None,
+        budget: PayloadBudget | None = None,
+    ) -> None:
+        """``budget`` bounds the bytes that :meth:`fetch` may hold (see ``payloads.budget``)."""
         self.policy = policy
+        self.budget = budget
         self._owns_client = client is None
         self._client = client or httpx.Client(timeout=policy.http_timeout(), follow_redirects=False)
 
@@ -41,8 +50,14 @@ class PayloadDownloader:
         size: int | None = None,
         message_id: str | None = None,
         entity: str | None = None,
+        hold: PayloadHold | None = None,
     ) -> bytes:
-        """The payload's bytes, checked against ``size`` and ``sha256`` when given."""
+        """The payload's bytes, checked against ``size`` and ``sha256`` when given.
+
+        With a budget, the body's bytes are reserved into ``hold`` before it is read (a hold of
+        its own, given back at once, when none is passed); the caller gives ``hold`` back once
+        it no longer keeps the bytes.
+        """
         sink = MemorySink()
         self._download(
             DownloadState(
@@ -55,6 +70,8 @@ class PayloadDownloader:
                 entity=entity,
             ),
             location,
+            hold or PayloadHold(),
+            own_hold=hold is None,
         )
         return sink.value()
 
@@ -87,30 +104,52 @@ class PayloadDownloader:
             location,
         )
 
-    def _download(self, state: DownloadState, location: PayloadLocation) -> int:
-        while True:
-            state.begin()
-            try:
-                with self._client.stream(
-                    "GET",
-                    location.url,
-                    headers=REQUEST_HEADERS,
-                    timeout=self.policy.http_timeout(),
-                    follow_redirects=False,
-                ) as response:
-                    failure = state.on_response(
-                        response.status_code,
-                        response.headers.get("content-length"),
-                        response.headers.get("retry-after"),
-                    )
-                    if failure is None:
-                        for chunk in response.iter_raw():
-                            state.on_chunk(chunk)
-                        return state.finish()
-            except httpx.TransportError as error:
-                failure = transport_failure(error)
-            # Outside the except block: the httpx error (and its URL) is not chained.
-            sleep(state.delay_after(failure))
+    def _download(
+        self,
+        state: DownloadState,
+        location: PayloadLocation,
+        hold: PayloadHold | None = None,
+        *,
+        own_hold: bool = False,
+    ) -> int:
+        try:
+            while True:
+                state.begin()
+                try:
+                    with self._client.stream(
+                        "GET",
+                        location.url,
+                        headers=REQUEST_HEADERS,
+                        timeout=state.http_timeout(),
+                        follow_redirects=False,
+                    ) as response:
+                        length = response.headers.get("content-length")
+                        failure = state.on_response(
+                            response.status_code, length, response.headers.get("retry-after")
+                        )
+                        if failure is None and hold is not None:
+                            self._reserve(state, hold, state.body_limit(length))
+                        if failure is None:
+                            for chunk in response.iter_raw():
+                                failure = state.on_chunk(chunk)
+                                if failure is not None:
+                                    break
+                            else:
+                                return state.finish()
+                except httpx.TransportError as error:
+                    failure = transport_failure(error)
+                # Outside the except block: the httpx error (and its URL) is not chained.
+                sleep(state.delay_after(failure))
+        finally:
+            if self.budget is not None and hold is not None and own_hold:
+                self.budget.give_back(hold)
+
+    def _reserve(self, state: DownloadState, hold: PayloadHold, amount: int) -> None:
+        # A retry reads the body again into the same hold: reserve only what it lacks.
+        if self.budget is None or amount <= hold.amount:
+            return
+        if not self.budget.take(hold, amount - hold.amount, wait=state.time_left()):
+            raise state.budget_exhausted(self.budget.total)
 
     def close(self) -> None:
         """Close the HTTP client if this downloader made it."""

@@ -21,11 +21,18 @@ from claimcheck_bus.claim_check.rehydration import (
     where,
 )
 from claimcheck_bus.errors import MessageError, PayloadAccessDeniedError
-from claimcheck_bus.payloads.download import DownloadPolicy
+from claimcheck_bus.payloads.budget import PayloadBudget, PayloadHold
+from claimcheck_bus.payloads.download import DownloadPolicy, payload_budget_bytes
 from claimcheck_bus.settings import BusSettings, ClaimCheckSettings
 
 T = TypeVar("T")
 log = logging.getLogger("claimcheck_bus")
+
+
+def downloader_for(settings: ClaimCheckSettings) -> PayloadDownloader:
+    """A downloader with the timeouts, size limit and payload budget ``settings`` ask for."""
+    policy = DownloadPolicy.from_settings(settings)
+    return PayloadDownloader(policy, budget=PayloadBudget(payload_budget_bytes(settings, policy)))
 
 
 def default_store(settings: ClaimCheckSettings, credential: Any) -> PayloadStore | None:
@@ -59,7 +66,7 @@ class PayloadReader:
         """A reader trusting what ``settings`` trust, with its own downloader and store."""
         return cls(
             ReceivePolicy.from_settings(settings),
-            PayloadDownloader(DownloadPolicy.from_settings(settings)),
+            downloader_for(settings),
             default_store(settings, credential),
         )
 
@@ -80,8 +87,12 @@ class PayloadReader:
         if self._store is not None:
             self._store.close()
 
-    def payload_of(self, incoming: IncomingMessage) -> bytes:
-        """A received message's payload bytes: inline, or fetched and verified."""
+    def payload_of(self, incoming: IncomingMessage, hold: PayloadHold | None = None) -> bytes:
+        """A received message's payload bytes: inline, or fetched and verified.
+
+        A fetched payload's bytes are reserved in the reader's budget into ``hold``, to be
+        given back with :meth:`release` once they are no longer kept (without a ``hold``, as
+        soon as they are returned)."""
         fetch = plan(incoming, self._policy)
         if fetch is None:
             return incoming.body
@@ -92,6 +103,7 @@ class PayloadReader:
                 size=fetch.ref.size,
                 message_id=incoming.message_id,
                 entity=incoming.entity,
+                hold=hold,
             )
         except PayloadAccessDeniedError:
             if self._store is None or not may_use_credentials(fetch, self._policy, incoming):
@@ -125,6 +137,11 @@ class PayloadReader:
             message_id=incoming.message_id,
             entity=incoming.entity,
         )
+
+    def release(self, hold: PayloadHold) -> None:
+        """Give back what ``hold`` reserved of the payload budget (the event was settled)."""
+        if self._downloader.budget is not None:
+            self._downloader.budget.give_back(hold)
 
     def completed(self, incoming: IncomingMessage) -> None:
         """After a complete: delete the payload when ``delete_after_complete`` asks for it."""

@@ -18,6 +18,7 @@ import io
 import logging
 import random
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,6 +39,7 @@ from claimcheck_bus.errors import (
     PayloadUnavailableError,
     UntrustedPayloadUrlError,
 )
+from claimcheck_bus.payloads.budget import default_budget_bytes
 from claimcheck_bus.settings import ClaimCheckSettings
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "expected_sha256",
     "install_log_redaction",
     "parse_content_length",
+    "payload_budget_bytes",
     "redact_signatures",
     "retry_after_seconds",
     "status_error",
@@ -131,10 +134,13 @@ class DownloadPolicy:
     """Timeouts, size limit and retries of payload downloads."""
 
     timeout: float = 30.0
-    """Connect and read timeout of one attempt, in seconds."""
+    """Wall time of one attempt, in seconds, from the request to the last byte: a server that
+    trickles its body is cut off, not only one that goes silent."""
     max_bytes: int = 256 * _MIB
     attempts: int = 4
     """Total tries for retryable failures (5xx, 429, 408, connection errors and timeouts)."""
+    total: float | None = None
+    """Wall time of the whole download, backoffs included (default: ``timeout * attempts``)."""
     backoff_initial: float = 0.2
     backoff_max: float = 5.0
 
@@ -145,6 +151,7 @@ class DownloadPolicy:
                 ("timeout", self.timeout > 0),
                 ("max_bytes", self.max_bytes > 0),
                 ("attempts", self.attempts >= 1),
+                ("total", self.total is None or self.total > 0),
                 ("backoff_initial", self.backoff_initial >= 0),
                 ("backoff_max", self.backoff_max >= self.backoff_initial),
             )
@@ -157,8 +164,13 @@ class DownloadPolicy:
             )
 
     def http_timeout(self) -> httpx.Timeout:
-        """The httpx timeout of one attempt."""
+        """The httpx timeout of one attempt (each connect, read or write)."""
         return httpx.Timeout(self.timeout)
+
+    @property
+    def deadline(self) -> float:
+        """Seconds the whole download may take, retries and backoffs included."""
+        return self.total if self.total is not None else self.timeout * self.attempts
 
     @classmethod
     def from_settings(cls, settings: ClaimCheckSettings) -> DownloadPolicy:
@@ -167,6 +179,14 @@ class DownloadPolicy:
             timeout=settings.download_timeout_seconds,
             max_bytes=int(settings.max_download_size_mb * _MIB),
         )
+
+
+def payload_budget_bytes(settings: ClaimCheckSettings, policy: DownloadPolicy) -> int:
+    """The bytes of fetched payloads a reader may hold at once: ``payload_budget_mb``, by
+    default twice the largest payload (one handled while the next downloads)."""
+    if settings.payload_budget_mb is not None:
+        return max(int(settings.payload_budget_mb * _MIB), 1)
+    return default_budget_bytes(policy.max_bytes)
 
 
 # --------------------------------------------------------------------------- pure decisions
@@ -393,10 +413,10 @@ class Sink(Protocol):
 class MemorySink:
     """Collects a body into one bytes object without ever holding two copies of it.
 
-    ``BytesIO`` keeps its data in a bytes object and ``getvalue()`` hands that very object out
-    when it is exactly filled; growing it is a ``realloc`` (``mremap`` for large sizes, no copy).
-    Writing a last byte first sizes it exactly from Content-Length. ``bytes(bytearray)`` or
-    ``b"".join(chunks)`` would both need the payload twice at the end.
+    ``BytesIO`` keeps its data in a bytes object and ``getvalue()`` shrinks that very object to
+    size and hands it out; growing it is a ``realloc`` (``mremap`` for large sizes, no copy).
+    Nothing is allocated from a declared length: a 16-byte response declaring 200 MB costs
+    16 bytes. ``bytes(bytearray)`` or ``b"".join(chunks)`` would need the payload twice.
     """
 
     def __init__(self) -> None:
@@ -406,10 +426,6 @@ class MemorySink:
     def start(self, content_length: int | None) -> None:
         self._buffer = io.BytesIO()
         self.written = 0
-        if content_length:
-            self._buffer.seek(content_length - 1)
-            self._buffer.write(b"\0")
-            self._buffer.seek(0)
 
     def write(self, chunk: bytes) -> None:
         self._buffer.write(chunk)
@@ -498,6 +514,7 @@ class DownloadState:
         entity: str | None = None,
         uniform: Callable[[], float] = random.random,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.subject = PayloadSubject(message_id, entity, location.blob_path)
@@ -505,6 +522,9 @@ class DownloadState:
         self._size = size
         self._uniform = uniform
         self._clock = clock
+        self._monotonic = monotonic
+        self._gives_up_at = monotonic() + policy.deadline
+        self._attempt_ends_at = self._gives_up_at
         self.attempt = 0
         self._body: BodyCheck | None = None
         self._sha256 = expected_sha256(sha256, self.subject)
@@ -519,6 +539,33 @@ class DownloadState:
         """A new attempt starts."""
         self.attempt += 1
         self._body = None
+        self._attempt_ends_at = min(self._monotonic() + self.policy.timeout, self._gives_up_at)
+
+    def http_timeout(self) -> httpx.Timeout:
+        """The httpx timeout for this attempt: no single wait may outlast what is left of it."""
+        return httpx.Timeout(max(0.001, self._attempt_ends_at - self._monotonic()))
+
+    def time_left(self) -> float:
+        """Seconds until the whole download gives up."""
+        return max(0.0, self._gives_up_at - self._monotonic())
+
+    def budget_exhausted(self, budget: int) -> PayloadUnavailableError:
+        """The error when the reader's payload budget stayed spent until the deadline."""
+        return self._failed(
+            self.subject.error(
+                PayloadUnavailableError,
+                f"the receiver's payload budget ({budget} bytes) stayed in use by other "
+                f"messages for {self.policy.deadline:g} s",
+                "The message can be retried later; raise claim_check.payload_budget_mb if "
+                "large payloads are usual.",
+            )
+        )
+
+    def body_limit(self, content_length: str | None) -> int:
+        """The most bytes this attempt's body can hold: what storage declared (HTTP framing
+        holds it to that), else the policy's limit. What a memory budget reserves."""
+        length = parse_content_length(content_length)
+        return min(length, self.policy.max_bytes) if length is not None else self.policy.max_bytes
 
     def on_response(
         self, status: int, content_length: str | None, retry_after: str | None
@@ -550,8 +597,9 @@ class DownloadState:
         self._sink.start(length)
         return None
 
-    def on_chunk(self, chunk: bytes) -> None:
-        """A piece of the body arrived."""
+    def on_chunk(self, chunk: bytes) -> Failure | None:
+        """A piece of the body arrived: None to read on, a :class:`Failure` when the attempt
+        ran out of time (a trickling server), or raise."""
         assert self._body is not None, "on_chunk before on_response"
         try:
             self._body.feed(chunk)
@@ -559,6 +607,9 @@ class DownloadState:
             self._sink.discard()
             raise
         self._sink.write(chunk)
+        if self._monotonic() > self._attempt_ends_at:
+            return Failure(f"attempt took over {self.policy.timeout:g} s")
+        return None
 
     def finish(self) -> int:
         """The body ended: check it; the number of bytes delivered."""
@@ -582,6 +633,17 @@ class DownloadState:
                     "Download into a seekable stream (e.g. a file) to let retries start over.",
                 )
             )
+        delay = backoff_delay(self.policy, self.attempt, failure.retry_after, self._uniform)
+        if self._monotonic() + delay >= self._gives_up_at:
+            raise self._failed(
+                self.subject.error(
+                    PayloadUnavailableError,
+                    f"payload download gave up after {self.policy.deadline:g} s and "
+                    f"{self.attempt} attempt{'s' if self.attempt > 1 else ''} "
+                    f"(last: {failure.reason})",
+                    "Storage is slow, throttling or failing; the message can be retried later.",
+                )
+            )
         if self.attempt >= self.policy.attempts:
             raise self._failed(
                 self.subject.error(
@@ -593,7 +655,7 @@ class DownloadState:
                 )
             )
         self._sink.restart()
-        return backoff_delay(self.policy, self.attempt, failure.retry_after, self._uniform)
+        return delay
 
     def _failed(self, error: _E) -> _E:
         self._sink.discard()

@@ -162,6 +162,17 @@ def upcast(document: Any, chain: Sequence[Upcaster]) -> Any:
     return document
 
 
+def inbox_key(message_id: str | None, sequence_number: int | None) -> str:
+    """The id a projection's inbox records a message under: its message id.
+
+    Service Bus gives every message one (the sender's, or its own), so this is the fallback
+    for brokers and emulators that do not: ``sequence-<n>``, unique within the entity. A
+    redelivery of such a message is then still applied once; a copy sent again is a new
+    message, as it would be with distinct message ids.
+    """
+    return message_id if message_id else f"sequence-{sequence_number}"
+
+
 def parse_json(body: bytes) -> Any:
     """A payload's JSON document, for upcasting; raises ``ValueError`` when it is not JSON.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -38,6 +39,7 @@ from claimcheck_bus.worker.dispatch import (
     decide,
     event_type_of,
     event_version_of,
+    inbox_key,
     lag_seconds,
     next_turn,
     parse_json,
@@ -121,6 +123,8 @@ class _Entity:
     """Set when the lane may have something to do: a message ready, slots freed, stop asked."""
     receiving_over: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the lane has stopped receiving (it still settles)."""
+    untyped: Callable[[EventContext], str | None] | None = None
+    """The event type of messages that name none (see :meth:`Worker.route_untyped`)."""
 
     @property
     def path(self) -> str:
@@ -264,6 +268,24 @@ class Worker:
                 target,
             )
         )
+
+    def route_untyped(
+        self,
+        event_type: str | Callable[[EventContext], str | None],
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+    ) -> None:
+        """Give messages that name no event type (no subject, no CloudEvents type: those of
+        the original .NET design) on this entity an event type, so they reach its handlers.
+
+        ``event_type`` is a name, or a function of the message's :class:`EventContext`
+        (properties, message id, ...) returning a name or ``None`` (then the message is
+        dead-lettered as ``UnknownEventType``). Messages that name a type keep it.
+        """
+        resolve = event_type if callable(event_type) else (lambda _context: event_type)
+        self._entity(queue, topic, subscription).untyped = resolve
 
     def add_upcaster(self, event_type: str, from_version: int, upcaster: Upcaster) -> None:
         """Register a pure function turning ``event_type``'s JSON from ``from_version`` to the
@@ -475,6 +497,9 @@ class Worker:
                         max_wait=receive_wait(
                             self.max_wait, inflight=entity.inflight, linked=linked
                         ),
+                        # Payloads are fetched by the batch's task, under lock renewal: a
+                        # slow one must hold neither this link nor its batch's settlements.
+                        prefetch=False,
                     )
                 except Exception:
                     failures += 1
@@ -586,7 +611,7 @@ class Worker:
         started = time.monotonic()
         renewal = LockRenewal(events)
         handlings = [
-            _Handling(event, _context(event, entity.path), renewal, started) for event in events
+            _Handling(event, _context(event, entity), renewal, started) for event in events
         ]
 
         def ready(handling: _Handling) -> None:
@@ -610,7 +635,17 @@ class Worker:
         for handling in handlings:
             self._hook("before_handle", handling.context)
         try:
-            await self._dispatch(entity, handlings, ready)
+            inline = [h for h in handlings if not h.event.is_claim_check]
+            for handling in inline:
+                await handling.event.load(raise_errors=False)  # decodes in place: no I/O
+            await asyncio.gather(
+                self._dispatch(entity, inline, ready),
+                *(
+                    self._fetch_and_dispatch(entity, handling, ready)
+                    for handling in handlings
+                    if handling.event.is_claim_check
+                ),
+            )
         except asyncio.CancelledError:
             # Shutdown deadline passed: give the messages back rather than lose their locks slowly.
             for handling in handlings:
@@ -623,6 +658,14 @@ class Worker:
             for handling in handlings:
                 handling.error = handling.error or failure
                 ready(handling)
+
+    async def _fetch_and_dispatch(
+        self, entity: _Entity, handling: _Handling, ready: Callable[[_Handling], None]
+    ) -> None:
+        """Fetch one claim-checked payload, then run its handlers: each message on its own,
+        so a slow or failing payload delays and fails nothing but its message."""
+        await handling.event.load(raise_errors=False)  # a failure is raised by .data
+        await self._dispatch(entity, [handling], ready)
 
     async def _dispatch(
         self, entity: _Entity, handlings: list[_Handling], ready: Callable[[_Handling], None]
@@ -718,22 +761,29 @@ class Worker:
                 log.warning("middleware hook %r failed", hook, exc_info=True)
 
 
-def _context(event: AsyncReceivedEvent[bytes], entity: str) -> EventContext:
+def _context(event: AsyncReceivedEvent[bytes], entity: _Entity) -> EventContext:
     properties = dict(event.properties)
     try:
         version = read_version(properties)
     except Exception:  # reported when dispatching; the context still describes the message
         version = 0
-    message_id = event.message_id or f"sequence-{event.sequence_number}"
-    return EventContext(
-        message_id=message_id,
+    context = EventContext(
+        message_id=inbox_key(event.message_id, event.sequence_number),
         event_type=event.event_type,
         event_version=version,
-        entity=entity,
+        entity=entity.path,
         delivery_count=event.delivery_count or 0,
         enqueued_time=event.enqueued_time,
         properties=properties,
     )
+    if context.event_type is None and entity.untyped is not None:
+        try:
+            event_type = entity.untyped(context)
+        except Exception:  # the resolver's bug: routed nowhere, so dead-lettered with why
+            log.warning("the event type resolver of %s failed", entity.path, exc_info=True)
+            event_type = None
+        context = dataclasses.replace(context, event_type=event_type)
+    return context
 
 
 def _decode(
