@@ -295,8 +295,28 @@ def test_what_we_publish_is_readable_with_the_raw_sdk_and_plain_http(bus: ClaimC
     body = httpx.get(props[b"ClaimCheckBlobUri"].decode()).content
     assert json.loads(body)["OrderId"] == sent.order_id
     assert props[b"ClaimCheckSha256"].decode() == hashlib.sha256(body).hexdigest()
-    assert props[b"cloudEvents_type"] == b"OrderCreated"
-    assert props[b"cloudEvents_id"].decode() == receipt.message_id
+    # Lean by default: the event type travels as the subject, nothing per event beyond it.
+    assert raw.subject == "OrderCreated"
+    assert raw.message_id == receipt.message_id
+    assert not [key for key in props if key.startswith(b"cloudEvents")]
+
+
+def test_cloud_events_attributes_are_opt_in(bus_settings: BusSettings) -> None:
+    settings = bus_settings.model_copy(
+        update={"events": bus_settings.events.model_copy(update={"cloud_events": True})}
+    )
+    with ClaimCheckBus(settings) as bus:
+        receipt = bus.publish(order())
+        [raw] = raw_messages(bus.settings, receipt.entity)
+        props = raw.application_properties or {}
+        assert props[b"cloudEvents_type"] == b"OrderCreated"
+        assert props[b"cloudEvents_id"].decode() == receipt.message_id
+        assert props[b"cloudEvents_specversion"] == b"1.0"
+        assert receive_one(bus).data.order_id == receipt_order_id(receipt, raw)
+
+
+def receipt_order_id(receipt: object, raw: ServiceBusMessage) -> str:
+    return str(json.loads(b"".join(raw.body))["OrderId"])
 
 
 # -- failures ----------------------------------------------------------------------------------

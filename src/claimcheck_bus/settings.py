@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -140,6 +140,19 @@ class ClaimCheckSettings(_Section):
     delete_after_complete: bool = False
     """Delete the blob when a claim-checked message is completed. Only for point-to-point
     queues: on a topic the other subscriptions still need it."""
+    compression: Literal["none", "gzip"] = "none"
+    """Compress offloaded payloads (when it saves at least a tenth). Off by default: readers
+    built on the original .NET design cannot decompress them."""
+
+
+class EventsSettings(_Section):
+    """What every published message carries besides the event."""
+
+    cloud_events: bool = False
+    """Also write the CloudEvents AMQP binary-mode attributes (``cloudEvents_specversion``,
+    ``type``, ``source``, ``id``, ``time``) as application properties. Off by default: they
+    cost bytes and encoder time on every message, and readers find the event type in the
+    subject. Readers accept them either way."""
 
 
 class BusSettings(BaseSettings):
@@ -162,6 +175,7 @@ class BusSettings(BaseSettings):
     """The environment whose ``claimcheck.{env}.toml`` was layered in (``CLAIMCHECK_ENV``)."""
     service_bus: ServiceBusSettings = Field(default_factory=ServiceBusSettings)
     claim_check: ClaimCheckSettings = Field(default_factory=ClaimCheckSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -136,6 +136,7 @@ class AsyncAzureBlobPayloadStore(BlobStoreCore):
         content_type: str,
         metadata: Mapping[str, str],
         sas_expires_on: datetime,
+        content_encoding: str | None = None,
     ) -> StoredPayload:
         """Store ``data`` as ``blob_name`` (overwriting) and return its read-only SAS URL."""
         message_id = message_id_of(metadata)
@@ -145,15 +146,16 @@ class AsyncAzureBlobPayloadStore(BlobStoreCore):
         size, sha256 = digest(data)
         metadata = with_sha256(metadata, sha256)
         blob = self._container.get_blob_client(blob_name)
+        content = ContentSettings(content_type=content_type, content_encoding=content_encoding)
         with self._translated("upload", blob_name, message_id):
             try:
-                await self._put(blob, data, size, content_type, metadata)
+                await self._put(blob, data, size, content, metadata)
             except HttpResponseError as error:
                 if not should_recreate_container(status_of(error), error_code_of(error)):
                     raise
                 # Deleted since we created it (a cleanup job, a test): create it and retry once.
                 await self._create_container(blob_name, message_id)
-                await self._put(blob, data, size, content_type, metadata)
+                await self._put(blob, data, size, content, metadata)
         _log.debug("uploaded payload %s (%d bytes)", self._blob_path(blob_name), size)
         return self._stored(blob.url, blob_name, size, sha256, sas_expires_on)
 
@@ -162,14 +164,14 @@ class AsyncAzureBlobPayloadStore(BlobStoreCore):
         blob: Any,
         data: bytes | memoryview,
         size: int,
-        content_type: str,
+        content: ContentSettings,
         metadata: Mapping[str, str],
     ) -> None:
         await blob.upload_blob(
             upload_body(data),
             length=size,
             overwrite=True,
-            content_settings=ContentSettings(content_type=content_type),
+            content_settings=content,
             metadata=dict(metadata),
             max_concurrency=UPLOAD_CONCURRENCY,
         )

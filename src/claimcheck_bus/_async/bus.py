@@ -29,7 +29,6 @@ from claimcheck_bus.claim_check.publication import (
     Publication,
     PublishReceipt,
     publish_options,
-    utc_now,
 )
 from claimcheck_bus.claim_check.rehydration import EventView, decode, incoming_from
 from claimcheck_bus.claim_check.wire import Route
@@ -143,7 +142,7 @@ class AsyncClaimCheckBus:
             scheduled_enqueue_time=scheduled_enqueue_time,
             application_properties=application_properties,
         )
-        publication = Publication.prepare(event, entity.name, options, now=utc_now())
+        publication = self._core.prepare(event, entity.name, options)
         sender = self._sender(entity)
         route, size = self._core.route(publication, await self._limit(entity))
         if route is Route.INLINE:
@@ -184,7 +183,7 @@ class AsyncClaimCheckBus:
         batch = await sender.create_message_batch()
         try:
             for event in events:
-                publication = Publication.prepare(event, entity.name, options, now=utc_now())
+                publication = self._core.prepare(event, entity.name, options)
                 route, size = self._core.route(publication, await self._limit(entity))
                 message = (
                     publication.inline()
@@ -242,8 +241,14 @@ class AsyncClaimCheckBus:
 
     async def _upload(self, publication: Publication) -> ServiceBusMessage:
         assert self._store is not None  # the core routes to claim-check only with a store
-        stored = await self._store.upload(**self._core.upload_arguments(publication))
-        return publication.claim_checked(stored.url, sha256=stored.sha256)
+        upload = self._core.upload_arguments(publication)
+        stored = await self._store.upload(**upload)
+        return publication.claim_checked(
+            stored.url,
+            sha256=stored.sha256,
+            size=stored.size,
+            content_encoding=upload["content_encoding"],
+        )
 
     @staticmethod
     async def _send(

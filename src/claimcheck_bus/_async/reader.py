@@ -98,12 +98,13 @@ class AsyncPayloadReader:
         if fetch is None:
             return incoming.body
         try:
-            raw = await self._downloader.fetch(
+            return await self._downloader.fetch(
                 fetch.location,
                 sha256=fetch.ref.sha256,
                 size=fetch.ref.size,
                 message_id=incoming.message_id,
                 entity=incoming.entity,
+                content_encoding=fetch.ref.content_encoding,
                 hold=hold,
             )
         except PayloadAccessDeniedError:
@@ -126,10 +127,9 @@ class AsyncPayloadReader:
     async def save_payload_of(self, incoming: IncomingMessage, sink: BinaryIO) -> int:
         """Stream a received message's payload into ``sink``; returns the bytes written."""
         fetch = plan(incoming, self._policy)
-        if fetch is None or fetch.ref.content_encoding:
-            data = await self.payload_of(incoming)
-            sink.write(data)
-            return len(data)
+        if fetch is None:
+            sink.write(incoming.body)
+            return len(incoming.body)
         return await self._downloader.fetch_to(
             fetch.location,
             sink,
@@ -137,6 +137,7 @@ class AsyncPayloadReader:
             size=fetch.ref.size,
             message_id=incoming.message_id,
             entity=incoming.entity,
+            content_encoding=fetch.ref.content_encoding,
         )
 
     def release(self, hold: PayloadHold) -> None:

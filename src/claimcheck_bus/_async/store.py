@@ -33,8 +33,10 @@ class AsyncPayloadStore(Protocol):
         content_type: str,
         metadata: Mapping[str, str],
         sas_expires_on: datetime,
+        content_encoding: str | None = None,
     ) -> StoredPayload:
-        """Store ``data`` as ``blob_name`` (overwriting) and return its read-only SAS URL.
+        """Store ``data`` as ``blob_name`` (overwriting) and return its read-only SAS URL;
+        ``content_encoding`` (e.g. ``gzip``) becomes the blob's ``Content-Encoding``.
 
         Creates the container on first use (once per store instance)."""
         ...

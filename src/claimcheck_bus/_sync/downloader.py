@@ -50,9 +50,11 @@ class PayloadDownloader:
         size: int | None = None,
         message_id: str | None = None,
         entity: str | None = None,
+        content_encoding: str | None = None,
         hold: PayloadHold | None = None,
     ) -> bytes:
-        """The payload's bytes, checked against ``size`` and ``sha256`` when given.
+        """The payload's bytes, checked against ``size`` and ``sha256`` (of the bytes as
+        stored) when given, and inflated when ``content_encoding`` is ``gzip``.
 
         With a budget, the body's bytes are reserved into ``hold`` before it is read (a hold of
         its own, given back at once, when none is passed); the caller gives ``hold`` back once
@@ -68,6 +70,7 @@ class PayloadDownloader:
                 size=size,
                 message_id=message_id,
                 entity=entity,
+                content_encoding=content_encoding,
             ),
             location,
             hold or PayloadHold(),
@@ -84,25 +87,30 @@ class PayloadDownloader:
         size: int | None = None,
         message_id: str | None = None,
         entity: str | None = None,
+        content_encoding: str | None = None,
     ) -> int:
-        """Stream the payload into ``sink`` (never held whole in memory); the bytes written.
+        """Stream the payload into ``sink`` (never held whole in memory, inflated on the way
+        when ``content_encoding`` is ``gzip``); the bytes written.
 
         A retry after part of the body was written rewinds and truncates a seekable ``sink``
         to where it started; a non-seekable one is not retried mid-body
         (:class:`PayloadUnavailableError`). On any error a seekable ``sink`` is left as found.
         """
-        return self._download(
+        stream = StreamSink(sink)
+        self._download(
             DownloadState(
                 self.policy,
                 location,
-                StreamSink(sink),
+                stream,
                 sha256=sha256,
                 size=size,
                 message_id=message_id,
                 entity=entity,
+                content_encoding=content_encoding,
             ),
             location,
         )
+        return stream.written
 
     def _download(
         self,

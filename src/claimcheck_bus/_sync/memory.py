@@ -24,6 +24,7 @@ class MemoryPayloadStore(MemoryCore):
         content_type: str,
         metadata: Mapping[str, str],
         sas_expires_on: datetime,
+        content_encoding: str | None = None,
     ) -> StoredPayload:
         """Store ``data`` as ``blob_name`` (overwriting) and return its read-only link."""
         return self._put(blob_name, data, content_type, metadata, sas_expires_on)

@@ -97,12 +97,13 @@ class PayloadReader:
         if fetch is None:
             return incoming.body
         try:
-            raw = self._downloader.fetch(
+            return self._downloader.fetch(
                 fetch.location,
                 sha256=fetch.ref.sha256,
                 size=fetch.ref.size,
                 message_id=incoming.message_id,
                 entity=incoming.entity,
+                content_encoding=fetch.ref.content_encoding,
                 hold=hold,
             )
         except PayloadAccessDeniedError:
@@ -125,10 +126,9 @@ class PayloadReader:
     def save_payload_of(self, incoming: IncomingMessage, sink: BinaryIO) -> int:
         """Stream a received message's payload into ``sink``; returns the bytes written."""
         fetch = plan(incoming, self._policy)
-        if fetch is None or fetch.ref.content_encoding:
-            data = self.payload_of(incoming)
-            sink.write(data)
-            return len(data)
+        if fetch is None:
+            sink.write(incoming.body)
+            return len(incoming.body)
         return self._downloader.fetch_to(
             fetch.location,
             sink,
@@ -136,6 +136,7 @@ class PayloadReader:
             size=fetch.ref.size,
             message_id=incoming.message_id,
             entity=incoming.entity,
+            content_encoding=fetch.ref.content_encoding,
         )
 
     def release(self, hold: PayloadHold) -> None:

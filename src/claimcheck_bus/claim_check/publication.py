@@ -27,6 +27,7 @@ from claimcheck_bus.claim_check.wire import (
     wire_size,
 )
 from claimcheck_bus.events import SerializedEvent, serialize
+from claimcheck_bus.payloads.compression import GZIP, compressed
 from claimcheck_bus.payloads.store import blob_name_for, payload_metadata, sas_expiry
 from claimcheck_bus.settings import BusSettings
 
@@ -77,9 +78,17 @@ class Publication:
 
     @classmethod
     def prepare(
-        cls, event: object, entity: str, options: PublishOptions, *, now: datetime
+        cls,
+        event: object,
+        entity: str,
+        options: PublishOptions,
+        *,
+        now: datetime | None = None,
+        cloud_events: bool = False,
     ) -> Publication:
-        """Serialize ``event`` and derive its message id and properties."""
+        """Serialize ``event`` and derive its message id and properties: what consumers need
+        (the event type travels as the subject, ``EventVersion`` above 1), plus the CloudEvents
+        attributes with ``cloud_events`` (stamped ``now``, default the current time)."""
         serialized = serialize(event, event_type=options.event_type)
         message_id = options.message_id or str(uuid.uuid4())
         if len(message_id) > MAX_MESSAGE_ID:
@@ -89,16 +98,16 @@ class Publication:
             raise ValueError(
                 f"application_properties may not set {sorted(clashing)}: the claim-check sets them"
             )
-        properties = {
-            **event_version_property(event),
-            **options.application_properties,
-            **cloudevent_properties(
-                event_type=serialized.event_type,
-                message_id=message_id,
-                source=f"/{entity}",
-                time=now,
-            ),
-        }
+        properties = {**event_version_property(event), **options.application_properties}
+        if cloud_events:
+            properties.update(
+                cloudevent_properties(
+                    event_type=serialized.event_type,
+                    message_id=message_id,
+                    source=f"/{entity}",
+                    time=now or utc_now(),
+                )
+            )
         return cls(entity, serialized, message_id, options, properties)
 
     @property
@@ -149,10 +158,20 @@ class Publication:
         envelope = _sdk.encoded_size(self._message(b"", self.properties))
         return wire_size(envelope, len(self.event.body))
 
-    def claim_checked(self, url: str, *, sha256: str) -> ServiceBusMessage:
-        """The message pointing at the uploaded payload: empty body, claim-check properties."""
-        size = _sdk.amqp_long(len(self.event.body))
-        properties = {**self.properties, **claim_check_properties(url, size=size, sha256=sha256)}
+    def claim_checked(
+        self, url: str, *, sha256: str, size: int, content_encoding: str | None = None
+    ) -> ServiceBusMessage:
+        """The message pointing at the uploaded payload: empty body, claim-check properties
+        (``size`` and ``sha256`` of the bytes as stored)."""
+        properties = {
+            **self.properties,
+            **claim_check_properties(
+                url,
+                size=_sdk.amqp_long(size),
+                sha256=sha256,
+                content_encoding=content_encoding,
+            ),
+        }
         return self._message(b"", properties)
 
     def receipt(
@@ -238,15 +257,28 @@ class BusCore:
         )
         return route, size
 
+    def prepare(self, event: object, entity: str, options: PublishOptions) -> Publication:
+        """:meth:`Publication.prepare` with this bus's settings."""
+        return Publication.prepare(
+            event, entity, options, cloud_events=self.settings.events.cloud_events
+        )
+
     def upload_arguments(self, publication: Publication) -> dict[str, Any]:
-        """Keyword arguments of ``PayloadStore.upload`` for ``publication``."""
+        """Keyword arguments of ``PayloadStore.upload`` for ``publication``: its payload as
+        stored (gzip-compressed when ``claim_check.compression`` asks and it pays)."""
         cc = self.settings.claim_check
+        packed = compressed(publication.event.body, cc.compression)
+        encoding = GZIP if packed is not None else None
         return {
             "blob_name": publication.blob_name,
-            "data": publication.event.body,
+            "data": packed if packed is not None else publication.event.body,
             "content_type": publication.event.content_type,
+            "content_encoding": encoding,
             "metadata": payload_metadata(
-                publication.message_id, publication.event.event_type, publication.entity
+                publication.message_id,
+                publication.event.event_type,
+                publication.entity,
+                content_encoding=encoding,
             ),
             "sas_expires_on": sas_expiry(
                 utc_now(),

@@ -7,9 +7,7 @@ I/O side fetch it, then :func:`decode_content` and deserialize.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +35,8 @@ from claimcheck_bus.errors import (
     PayloadTooLargeError,
 )
 from claimcheck_bus.events import deserialize
+from claimcheck_bus.payloads.compression import Inflater, check_encoding
+from claimcheck_bus.payloads.download import PayloadSubject
 from claimcheck_bus.payloads.store import is_payload_name_of
 from claimcheck_bus.settings import ClaimCheckSettings
 
@@ -244,24 +244,17 @@ def verify_payload(
 def decode_content(
     body: bytes, encoding: str | None, *, max_bytes: int, where: Mapping[str, str | None]
 ) -> bytes:
-    """Undo ``ClaimCheckContentEncoding`` (absent: raw; ``gzip``), bounded by ``max_bytes``."""
-    if not encoding:
+    """Undo ``ClaimCheckContentEncoding`` (absent: raw; ``gzip``), bounded by ``max_bytes``;
+    for payloads read whole (with the store's credentials) rather than downloaded."""
+    subject = PayloadSubject(
+        where.get("message_id"), where.get("entity"), where.get("blob_path") or ""
+    )
+    check_encoding(encoding, subject)
+    if encoding is None:
         return body
-    if encoding.lower() != "gzip":
-        raise EventDecodeError(
-            f"unknown ClaimCheckContentEncoding {encoding!r}",
-            **where,
-            hint="This reader understands raw payloads and gzip.",
-        )
-    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        data = decompressor.decompress(body, max_bytes + 1)
-    except (zlib.error, gzip.BadGzipFile) as error:
-        raise EventDecodeError(f"payload is not valid gzip ({error})", **where) from None
-    if len(data) > max_bytes or decompressor.unconsumed_tail:
-        raise PayloadTooLargeError(
-            f"payload inflates beyond the receiver's limit of {max_bytes} bytes", **where
-        )
+    inflater = Inflater(max_bytes, subject)
+    data = b"".join(inflater.feed(body))
+    inflater.finish()
     return data
 
 

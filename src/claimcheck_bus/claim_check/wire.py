@@ -146,10 +146,16 @@ def cloudevent_properties(
     }
 
 
-def claim_check_properties(url: str, *, size: Any, sha256: str) -> dict[str, Any]:
+def claim_check_properties(
+    url: str, *, size: Any, sha256: str, content_encoding: str | None = None
+) -> dict[str, Any]:
     """The application properties of a claim-checked message; ``size`` comes typed by the
-    caller so that the SDK encodes it as an AMQP long, as the contract says."""
-    return {IS_CLAIM_CHECK: True, BLOB_URI: url, SIZE: size, SHA256: sha256}
+    caller so that the SDK encodes it as an AMQP long, as the contract says. ``size`` and
+    ``sha256`` describe the bytes as stored (compressed, with a ``content_encoding``)."""
+    properties = {IS_CLAIM_CHECK: True, BLOB_URI: url, SIZE: size, SHA256: sha256}
+    if content_encoding is not None:
+        properties[CONTENT_ENCODING] = content_encoding
+    return properties
 
 
 def normalise_properties(properties: Mapping[Any, Any] | None) -> dict[str, Any]:

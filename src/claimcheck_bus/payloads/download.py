@@ -40,6 +40,7 @@ from claimcheck_bus.errors import (
     UntrustedPayloadUrlError,
 )
 from claimcheck_bus.payloads.budget import default_budget_bytes
+from claimcheck_bus.payloads.compression import Inflater, check_encoding
 from claimcheck_bus.settings import ClaimCheckSettings
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "DownloadPolicy",
     "DownloadState",
     "Failure",
+    "InflatingSink",
     "MemorySink",
     "PayloadSubject",
     "Sink",
@@ -408,6 +410,7 @@ class Sink(Protocol):
     def can_restart(self) -> bool: ...
     def restart(self) -> None: ...
     def discard(self) -> None: ...
+    def finish(self) -> None: ...
 
 
 class MemorySink:
@@ -439,6 +442,9 @@ class MemorySink:
 
     def discard(self) -> None:
         self._buffer = io.BytesIO()
+
+    def finish(self) -> None:
+        pass
 
     def value(self) -> bytes:
         """The body; valid once the body is complete (its length is then the written count)."""
@@ -479,6 +485,47 @@ class StreamSink:
         # a partial or corrupt body for the payload.
         self.restart()
 
+    def finish(self) -> None:
+        pass
+
+
+class InflatingSink:
+    """Inflates a gzip body into another sink as it arrives (see :class:`Inflater`).
+
+    ``written`` counts the bytes as stored, which is what retries and errors speak of.
+    """
+
+    def __init__(self, inner: Sink, max_bytes: int, subject: PayloadSubject) -> None:
+        self._inner = inner
+        self._max_bytes = max_bytes
+        self._subject = subject
+        self._inflater = Inflater(max_bytes, subject)
+        self.written = 0
+
+    def start(self, content_length: int | None) -> None:
+        self._inner.start(None)
+        self._inflater = Inflater(self._max_bytes, self._subject)
+        self.written = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.written += len(chunk)
+        for piece in self._inflater.feed(chunk):
+            self._inner.write(piece)
+
+    def can_restart(self) -> bool:
+        return self._inner.can_restart()
+
+    def restart(self) -> None:
+        self._inner.restart()
+        self._inflater = Inflater(self._max_bytes, self._subject)
+        self.written = 0
+
+    def discard(self) -> None:
+        self._inner.discard()
+
+    def finish(self) -> None:
+        self._inflater.finish()
+
 
 def _position_if_seekable(stream: BinaryIO) -> int | None:
     try:
@@ -512,13 +559,20 @@ class DownloadState:
         size: int | None = None,
         message_id: str | None = None,
         entity: str | None = None,
+        content_encoding: str | None = None,
         uniform: Callable[[], float] = random.random,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``content_encoding`` (``ClaimCheckContentEncoding``): ``gzip`` bodies are inflated
+        into ``sink`` as they arrive; the checks of size and hash cover the stored bytes."""
         self.policy = policy
         self.subject = PayloadSubject(message_id, entity, location.blob_path)
-        self._sink = sink
+        check_encoding(content_encoding, self.subject)
+        self._inflating = content_encoding is not None
+        self._sink = (
+            InflatingSink(sink, policy.max_bytes, self.subject) if self._inflating else sink
+        )
         self._size = size
         self._uniform = uniform
         self._clock = clock
@@ -565,7 +619,9 @@ class DownloadState:
         """The most bytes this attempt's body can hold: what storage declared (HTTP framing
         holds it to that), else the policy's limit. What a memory budget reserves."""
         length = parse_content_length(content_length)
-        return min(length, self.policy.max_bytes) if length is not None else self.policy.max_bytes
+        if length is None or self._inflating:
+            return self.policy.max_bytes
+        return min(length, self.policy.max_bytes)
 
     def on_response(
         self, status: int, content_length: str | None, retry_after: str | None
@@ -615,7 +671,9 @@ class DownloadState:
         """The body ended: check it; the number of bytes delivered."""
         assert self._body is not None, "finish before on_response"
         try:
-            return self._body.finish()
+            received = self._body.finish()
+            self._sink.finish()
+            return received
         except MessageError:
             self._sink.discard()
             raise
