@@ -46,6 +46,7 @@ __all__ = [
     "MessageNotFound",
     "MessageState",
     "OperationNotAllowed",
+    "Rewrite",
     "effective_ttl",
     "filter_matches",
     "subscription_accepts",
@@ -82,6 +83,13 @@ class MessageMeta:
     time_to_live: timedelta | None = None  # AMQP header ttl
     scheduled_enqueue_time: datetime | None = None  # annotation x-opt-scheduled-enqueue-time
     application_properties: Mapping[str, object] = field(default_factory=dict)
+    # The sender's delivery-annotations section, encoded; Service Bus hands it to receivers.
+    delivery_annotations: bytes = b""
+
+
+# Given a locked message's bare bytes and meta, the same message with changed properties
+# (a settlement's properties-to-modify); the protocol layer does the AMQP part.
+Rewrite = Callable[[bytes, MessageMeta], tuple[bytes, MessageMeta]]
 
 
 class MessageState(IntEnum):
@@ -639,9 +647,13 @@ class Broker:
         self._discard(entity, msg)
 
     @_notifying
-    def abandon(self, path: str, lock_token: uuid.UUID) -> None:
-        """Unlock with delivery_count + 1; past the max delivery count it is dead-lettered."""
+    def abandon(self, path: str, lock_token: uuid.UUID, rewrite: Rewrite | None = None) -> None:
+        """Unlock with delivery_count + 1; past the max delivery count it is dead-lettered.
+
+        ``rewrite`` applies the settlement's properties-to-modify first.
+        """
         entity, msg = self._locked(path, lock_token)
+        self._rewrite(entity, msg, rewrite)
         self._unlock(entity, msg)
         self._failed_delivery(entity, msg, self._clock())
 
@@ -653,9 +665,10 @@ class Broker:
         self._returned(entity, msg, self._clock())
 
     @_notifying
-    def defer(self, path: str, lock_token: uuid.UUID) -> None:
+    def defer(self, path: str, lock_token: uuid.UUID, rewrite: Rewrite | None = None) -> None:
         """Set the message aside: only receive_deferred by sequence number gets it again."""
         entity, msg = self._locked(path, lock_token)
+        self._rewrite(entity, msg, rewrite)
         self._unlock(entity, msg)
         msg.state = MessageState.DEFERRED
         now = self._clock()
@@ -666,7 +679,12 @@ class Broker:
 
     @_notifying
     def dead_letter(
-        self, path: str, lock_token: uuid.UUID, reason: str | None, description: str | None
+        self,
+        path: str,
+        lock_token: uuid.UUID,
+        reason: str | None,
+        description: str | None,
+        rewrite: Rewrite | None = None,
     ) -> None:
         """Move a locked message to the entity's dead-letter queue with reason and description."""
         entity, msg = self._locked(path, lock_token)
@@ -675,6 +693,7 @@ class Broker:
                 f"'{entity.path}' is a dead-letter queue: its messages cannot be dead-lettered "
                 "again; complete them instead."
             )
+        self._rewrite(entity, msg, rewrite)
         self._unlock(entity, msg)
         self._dead_letter(entity, msg, _DeadLetterInfo(reason, description, None), self._clock())
 
@@ -916,6 +935,17 @@ class Broker:
         entity.locks[token] = msg.sequence_number
         self._push(msg.locked_until, _Due.LOCK, entity, msg.sequence_number, token)
         return copy.copy(msg)
+
+    def _rewrite(self, entity: _Receivable, msg: BrokerMessage, rewrite: Rewrite | None) -> None:
+        """Give this one copy new bytes (other subscriptions' copies keep theirs)."""
+        if rewrite is None:
+            return
+        msg.bare, msg.meta = rewrite(msg.bare, msg.meta)
+        if self._journal is not None:
+            self._journal.delete(entity.key, msg.sequence_number)
+            blob_id = self._journal.add_blob(msg.bare)
+            entity.blob_ids[msg.sequence_number] = blob_id
+            self._journal.put(entity.key, msg, blob_id)
 
     def _unlock(self, entity: _Receivable, msg: BrokerMessage) -> None:
         if msg.lock_token is not None:

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +60,7 @@ from .broker import (
     LockLost,
     MessageMeta,
     MessageState,
+    Rewrite,
 )
 from .config import EmulatorConfig
 
@@ -83,6 +84,7 @@ DISPOSITION_RANGE_LIMIT = 10_000
 
 DEAD_LETTER_CONDITION = "com.microsoft:dead-letter"
 LOCK_LOST_CONDITION = "com.microsoft:message-lock-lost"
+UNAUTHORIZED_CONDITION = "amqp:unauthorized-access"
 
 ROLE_SENDER = False
 ROLE_RECEIVER = True
@@ -161,7 +163,24 @@ def meta_from_message(parsed: ParsedMessage) -> MessageMeta:
         time_to_live=ttl,
         scheduled_enqueue_time=scheduled,
         application_properties=app,
+        delivery_annotations=parsed.delivery_annotations,
     )
+
+
+def new_message_id() -> str:
+    """The id Service Bus gives a message sent without one.
+
+    Undocumented beyond "the service assigns one"; we use a GUID in .NET's "N" form (32 hex
+    digits), what the classic BrokeredMessage assigned, so no client's id parser is surprised.
+    """
+    return uuid.uuid4().hex
+
+
+def received_message(data: codec.Buffer) -> ParsedMessage:
+    """A sent message parsed, then rewritten as Service Bus would store it."""
+    parsed = message.parse_message(data)
+    message.as_service_bus_stores(parsed, new_message_id)
+    return parsed
 
 
 def render_message(msg: BrokerMessage, *, locked: bool) -> bytearray:
@@ -187,6 +206,9 @@ def render_message(msg: BrokerMessage, *, locked: bool) -> bytearray:
         annotations[Symbol("x-opt-scheduled-enqueue-time")] = Timestamp.from_datetime(scheduled)
     if msg.dead_letter_source is not None:
         annotations[Symbol("x-opt-deadletter-source")] = msg.dead_letter_source
+    delivery = message.annotations_map(msg.meta.delivery_annotations)
+    if locked and msg.lock_token is not None:
+        delivery[Symbol("x-opt-lock-token")] = msg.lock_token
     bare: bytes = msg.bare
     extra: dict[str, object] = {}
     if msg.dead_letter_reason is not None:
@@ -195,7 +217,10 @@ def render_message(msg: BrokerMessage, *, locked: bool) -> bytearray:
         extra["DeadLetterErrorDescription"] = msg.dead_letter_description
     if extra:
         bare = message.with_application_properties(bare, extra)
-    return message.assemble(header, annotations, bare)
+    return message.assemble(header, annotations, bare, delivery)
+
+
+_DEAD_LETTER_INFO = ("DeadLetterReason", "DeadLetterErrorDescription")
 
 
 @dataclass(frozen=True)
@@ -205,42 +230,73 @@ class SettleAction:
     kind: str  # complete | abandon | defer | dead_letter | release
     reason: str | None = None
     description: str | None = None
+    properties: Mapping[str, object] = field(default_factory=dict)  # properties-to-modify
+
+
+def properties_to_modify(value: object, skip: tuple[str, ...] = ()) -> dict[str, object]:
+    """An outcome's map of application properties to set (string or symbol keys)."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(key): item
+        for key, item in value.items()
+        if isinstance(key, str) and str(key) not in skip and item is not None
+    }
 
 
 def settle_action(state: object) -> SettleAction | None:
-    """Map an AMQP outcome sent by the SDK to the broker operation (None: not an outcome)."""
+    """Map an AMQP outcome sent by the SDK to the broker operation (None: not an outcome).
+
+    Service Bus counts every `modified` that is not undeliverable-here as an abandon, whatever
+    delivery-failed says (the JS SDK leaves it unset, the Python SDK sets it), and applies the
+    outcome's message-annotations as application properties. A dead-letter's error info, past
+    the reason and description, is applied the same way (the JS SDK puts them there).
+    """
     if isinstance(state, Accepted):
         return SettleAction("complete")
     if isinstance(state, Released):
         return SettleAction("release")
     if isinstance(state, Modified):
-        if state.undeliverable_here:
-            return SettleAction("defer")
-        if state.delivery_failed:
-            return SettleAction("abandon")
-        return SettleAction("release")
+        kind = "defer" if state.undeliverable_here else "abandon"
+        return SettleAction(kind, properties=properties_to_modify(state.message_annotations))
     if isinstance(state, Rejected):
         reason = description = None
+        props: dict[str, object] = {}
         error = state.error
         if isinstance(error, AmqpError):
             description = _text(error.description)
             info = error.info if isinstance(error.info, Mapping) else {}
             reason = _text(info.get("DeadLetterReason"))
             description = _text(info.get("DeadLetterErrorDescription", description))
-        return SettleAction("dead_letter", reason, description)
+            props = properties_to_modify(info, _DEAD_LETTER_INFO)
+        return SettleAction("dead_letter", reason, description, props)
     return None
+
+
+def _rewrite_for(properties: Mapping[str, object]) -> Rewrite | None:
+    if not properties:
+        return None
+
+    def rewrite(bare: bytes, meta: MessageMeta) -> tuple[bytes, MessageMeta]:
+        new_bare = message.with_application_properties(bare, properties)
+        merged = dict(meta.application_properties)
+        merged.update({key: _plain(value) for key, value in properties.items()})
+        return new_bare, replace(meta, application_properties=merged)
+
+    return rewrite
 
 
 def apply_settlement(broker: Broker, path: str, token: uuid.UUID, action: SettleAction) -> None:
     """Perform a settlement on the broker (raises the broker's LockLost and friends)."""
+    rewrite = _rewrite_for(action.properties)
     if action.kind == "complete":
         broker.complete(path, token)
     elif action.kind == "abandon":
-        broker.abandon(path, token)
+        broker.abandon(path, token, rewrite)
     elif action.kind == "defer":
-        broker.defer(path, token)
+        broker.defer(path, token, rewrite)
     elif action.kind == "dead_letter":
-        broker.dead_letter(path, token, action.reason, action.description)
+        broker.dead_letter(path, token, action.reason, action.description, rewrite)
     else:
         broker.release(path, token)
 
@@ -995,7 +1051,7 @@ class IncomingLink(Link):
                 payloads = message.batch_payloads(data)
             else:
                 payloads = (data,)
-            parsed = [message.parse_message(p) for p in payloads]
+            parsed = [received_message(p) for p in payloads]
         except DecodeError as exc:
             return Rejected(error=_error("amqp:decode-error", str(exc)[:200]))
         try:
@@ -1053,10 +1109,14 @@ class IncomingLink(Link):
             self.conn.authorized.add(check.audience_path)
             app: dict[str, object] = {"status-code": Int(202), "status-description": "Accepted"}
         else:
+            # The JS SDK turns error-condition amqp:unauthorized-access into its
+            # non-retryable UnauthorizedError carrying our description; the Python SDK raises
+            # ServiceBusAuthenticationError, which it retries by design (retry_total).
             app = {
                 "status-code": Int(401),
                 "status-description": f"Unauthorized: {check.reason}. Check the key name "
                 "and key in the connection string against the emulator's --key-name/--key.",
+                "error-condition": Symbol(UNAUTHORIZED_CONDITION),
             }
         self._respond(request, app)
         return Accepted()
@@ -1321,7 +1381,7 @@ class Management:
         """Schedule each message at its x-opt-scheduled-enqueue-time."""
         numbers: list[Long] = []
         for entry in _items(body["messages"]):
-            parsed = message.parse_message(bytes(entry["message"]))
+            parsed = received_message(bytes(entry["message"]))
             meta = meta_from_message(parsed)
             at = meta.scheduled_enqueue_time or datetime.now(timezone.utc)
             numbers.append(Long(self.broker.schedule(self.path, parsed.bare, meta, at)))
@@ -1349,7 +1409,10 @@ class Management:
         if kind is None:
             raise ValueError(f"unknown disposition-status {status!r}")
         action = SettleAction(
-            kind, _text(body.get("deadletter-reason")), _text(body.get("deadletter-description"))
+            kind,
+            _text(body.get("deadletter-reason")),
+            _text(body.get("deadletter-description")),
+            properties_to_modify(body.get("properties-to-modify")),
         )
         for token in _items(body["lock-tokens"]):
             apply_settlement(self.broker, self.path, _as_uuid(token), action)
