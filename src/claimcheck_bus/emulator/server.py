@@ -68,6 +68,10 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_KEY_NAME = "RootManageSharedAccessKey"
 DEFAULT_KEY = "SAS_KEY_VALUE"
+# Microsoft's emulator listens on AMQP's 5672, which a local RabbitMQ usually holds (it does on
+# this project's machines); one above it is free and is what samples/claimcheck.development.toml
+# names. Run Microsoft's emulator with `-p 5673:5672` to use it with the same configuration.
+DEFAULT_PORT = 5673
 STANDARD_MAX_MESSAGE_SIZE = 262_144
 PREMIUM_MAX_BATCH_SIZE = 1_048_576
 MAX_MESSAGE_SIZE_LIMIT = 100 * 1024 * 1024
