@@ -339,3 +339,22 @@ def test_sas_signature_over_another_spelling_of_the_resource_is_refused() -> Non
     check = cbs.check_token(token, key_name="Root", key="secret", now=NOW)
     assert not check.ok
     assert check.reason == "invalid signature"
+
+
+def test_a_rule_action_rewrites_properties_and_keeps_the_body() -> None:
+    sent = _sdk_encoded(
+        properties=SdkProperties(message_id="m", subject="s"),
+        application_properties={"keep": Int(7), "drop": "x"},
+        data=[b"body"],
+    )
+    bare = message.parse_message(sent).bare
+    changed = message.with_changes(
+        bare, {"to": "Entity", "group_id": "sess"}, {"drop": None, "added": 3, "f": 0.5}
+    )
+    decoded = sdk_decode.decode_payload(memoryview(changed))
+    assert decoded.properties.to == b"Entity"
+    assert decoded.properties.subject == b"s"
+    assert decoded.properties.group_id == b"sess"
+    assert decoded.application_properties == {b"keep": 7, b"added": 3, b"f": 0.5}
+    assert b"added\x55\x03" in changed  # an integer set by an action is an AMQP long
+    assert decoded.data == [b"body"]  # type: ignore[comparison-overlap]

@@ -18,7 +18,7 @@ from azure.servicebus.amqp import AmqpAnnotatedMessage, AmqpMessageProperties
 
 from claimcheck_bus.emulator import Emulator
 from claimcheck_bus.emulator.amqp import codec, message
-from claimcheck_bus.emulator.config import EntityOptions, QueueConfig
+from claimcheck_bus.emulator.config import EntityOptions, QueueConfig, parse_config
 from claimcheck_bus.emulator.server import DEFAULT_KEY, DEFAULT_KEY_NAME
 
 
@@ -132,3 +132,72 @@ def test_a_sas_token_signed_over_the_unencoded_uri_is_accepted(
         with sb.get_queue_sender(queue) as sender:
             sender.send_messages(ServiceBusMessage(b"signed like the sample", message_id="s-1"))
         assert receive_one(sb, queue).message_id == "s-1"  # type: ignore[attr-defined]
+
+
+def test_sql_filters_and_actions_from_config_json_route_over_a_socket(
+    emulator: Emulator, client: ServiceBusClient
+) -> None:
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    document = {
+        "UserConfig": {
+            "Namespaces": [
+                {
+                    "Name": "ns",
+                    "Topics": [
+                        {
+                            "Name": topic,
+                            "Subscriptions": [
+                                {
+                                    "Name": "big-eu",
+                                    "Rules": [
+                                        {
+                                            "Name": "big-eu",
+                                            "Properties": {
+                                                "FilterType": "Sql",
+                                                "SqlFilter": {
+                                                    "SqlExpression": "amount >= 100 AND "
+                                                    "region IN ('EU', 'UK') AND "
+                                                    "sys.Label LIKE 'Order%'"
+                                                },
+                                                "Action": {
+                                                    "SqlExpression": "SET sys.To = 'eu-desk'; "
+                                                    "SET priority = amount / 100; REMOVE secret"
+                                                },
+                                            },
+                                        }
+                                    ],
+                                }
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    }
+    (topic_config,) = parse_config(document).topics
+    emulator.call(lambda broker: broker.add_topic(topic_config))
+    with client.get_topic_sender(topic) as sender:
+        sender.send_messages(
+            [
+                ServiceBusMessage(
+                    b"small", subject="OrderPlaced",
+                    application_properties={"amount": 50, "region": "EU"},
+                ),
+                ServiceBusMessage(
+                    b"us", subject="OrderPlaced",
+                    application_properties={"amount": 500, "region": "US"},
+                ),
+                ServiceBusMessage(
+                    b"big", subject="OrderPlaced",
+                    application_properties={"amount": 250, "region": "UK", "secret": "x"},
+                ),
+            ]
+        )  # fmt: skip
+    with client.get_subscription_receiver(topic, "big-eu", max_wait_time=5) as receiver:
+        got = receiver.receive_messages(max_message_count=3, max_wait_time=5)
+        assert [str(m) for m in got] == ["big"]
+        receiver.complete_message(got[0])
+        assert receiver.receive_messages(max_message_count=1, max_wait_time=1) == []
+    (msg,) = got
+    assert msg.to == "eu-desk"
+    assert msg.application_properties == {b"amount": 250, b"region": b"UK", b"priority": 2}

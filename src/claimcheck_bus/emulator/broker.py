@@ -27,8 +27,10 @@ from claimcheck_bus.emulator.config import (
     EmulatorConfig,
     EntityOptions,
     QueueConfig,
+    Rule,
     TopicConfig,
 )
+from claimcheck_bus.emulator.sql_filter import SYSTEM_PROPERTIES, Changes, SqlAction
 
 if TYPE_CHECKING:
     from claimcheck_bus.emulator.persistence import Persistence
@@ -49,6 +51,8 @@ __all__ = [
     "Rewrite",
     "effective_ttl",
     "filter_matches",
+    "rule_matches",
+    "selecting_action",
     "subscription_accepts",
 ]
 
@@ -192,9 +196,45 @@ def filter_matches(rule: CorrelationFilter, meta: MessageMeta) -> bool:
     return True
 
 
-def subscription_accepts(rules: Sequence[CorrelationFilter], meta: MessageMeta) -> bool:
+def system_fields(meta: MessageMeta) -> dict[str, object]:
+    """The system properties a SQL filter or action can read (sys.*), by MessageMeta name."""
+    return {name: getattr(meta, name) for name in SYSTEM_PROPERTIES.values()}
+
+
+def rule_matches(rule: Rule, meta: MessageMeta) -> bool:
+    """Whether one rule's filter (correlation or SQL) selects the message."""
+    if isinstance(rule, CorrelationFilter):
+        return filter_matches(rule, meta)
+    return rule.filter.matches(system_fields(meta), meta.application_properties)
+
+
+def subscription_accepts(rules: Sequence[Rule], meta: MessageMeta) -> bool:
     """A subscription takes a message if any rule matches; without rules it takes every one."""
-    return not rules or any(filter_matches(rule, meta) for rule in rules)
+    return not rules or any(rule_matches(rule, meta) for rule in rules)
+
+
+def selecting_action(rules: Sequence[Rule], meta: MessageMeta) -> SqlAction | None:
+    """The action to run on the subscription's copy: that of the first matching rule with one.
+
+    Service Bus makes one more copy per matching rule that has an action; the emulator keeps
+    one copy per subscription and runs the first such action on it.
+    """
+    for rule in rules:
+        if rule.action is not None and rule_matches(rule, meta):
+            return rule.action
+    return None
+
+
+def changed_meta(meta: MessageMeta, changes: Changes) -> MessageMeta:
+    """The message's meta after a rule action."""
+    props = dict(meta.application_properties)
+    for name, value in changes.user.items():
+        if value is None:
+            props.pop(name, None)
+        else:
+            props[name] = value
+    fields = {name: None if v is None else str(v) for name, v in changes.system.items()}
+    return replace(meta, application_properties=props, **fields)  # type: ignore[arg-type]
 
 
 def effective_ttl(*limits: timedelta | None) -> timedelta | None:
@@ -284,7 +324,7 @@ class _Receivable:
         path: str,
         options: EntityOptions,
         kind: _Kind,
-        rules: tuple[CorrelationFilter, ...] = (),
+        rules: tuple[Rule, ...] = (),
         topic: _Topic | None = None,
     ) -> None:
         self.path = path  # canonical, as configured
@@ -393,8 +433,12 @@ class Broker:
         *,
         clock: Callable[[], datetime] = _utc_now,
         persistence: Persistence | None = None,
+        restamp: Callable[[bytes, Changes], bytes] | None = None,
     ) -> None:
+        """``restamp`` re-encodes a bare message after a rule action (the protocol layer's job;
+        without it only the meta changes)."""
         self._clock = clock
+        self._restamp = restamp
         self._journal = persistence
         self._sendables: dict[str, _Sendable] = {}
         self._receivables: dict[str, _Receivable] = {}
@@ -792,13 +836,27 @@ class Broker:
             placed = False
             for sub in target.subscriptions:
                 if subscription_accepts(sub.rules, meta):
-                    self._place(sub, seq, payload, meta, now, scheduled_at, hops, dead_letter)
+                    copy_payload, copy_meta = self._after_action(sub.rules, payload, meta)
+                    self._place(
+                        sub, seq, copy_payload, copy_meta, now, scheduled_at, hops, dead_letter
+                    )
                     placed = True
             if not placed and self._journal is not None:
                 self._journal.sequence(target.key, seq)  # keep the counter across restarts
         else:
             self._place(target, seq, payload, meta, now, scheduled_at, hops, dead_letter)
         return seq
+
+    def _after_action(
+        self, rules: Sequence[Rule], payload: _Payload, meta: MessageMeta
+    ) -> tuple[_Payload, MessageMeta]:
+        """The subscription's own copy when a matching rule has an action, else the shared one."""
+        action = selecting_action(rules, meta)
+        if action is None:
+            return payload, meta
+        changes = action.apply(system_fields(meta), meta.application_properties)
+        data = payload.data if self._restamp is None else self._restamp(payload.data, changes)
+        return _Payload(data), changed_meta(meta, changes)
 
     def _place(
         self,

@@ -63,6 +63,7 @@ from .broker import (
     Rewrite,
 )
 from .config import EmulatorConfig
+from .sql_filter import Changes
 
 _log = logging.getLogger(__name__)
 
@@ -1448,13 +1449,22 @@ def connection_string(host: str, port: int, key_name: str, key: str) -> str:
     )
 
 
+# MessageMeta names of the system properties an action can set -> AMQP properties fields.
+_PROPERTIES_FIELD = {"session_id": "group_id", "reply_to_session_id": "reply_to_group_id"}
+
+
+def _restamp(bare: bytes, changes: Changes) -> bytes:
+    system = {_PROPERTIES_FIELD.get(k, k): v for k, v in changes.system.items()}
+    return message.with_changes(bare, system, changes.user)
+
+
 def _make_broker(config: EmulatorConfig | None, data_dir: str | Path | None) -> Broker:
     config = config or EmulatorConfig.default()
     if data_dir is None:
-        return Broker(config)
+        return Broker(config, restamp=_restamp)
     from .persistence import Persistence
 
-    return Broker(config, persistence=Persistence(data_dir))
+    return Broker(config, persistence=Persistence(data_dir), restamp=_restamp)
 
 
 async def serve(

@@ -10,11 +10,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from . import codec
 from .codec import DecodeError
-from .types import Described, Symbol, Timestamp, UByte, UInt, ULong
+from .types import Described, Long, Symbol, Timestamp, UByte, UInt, ULong
 
 HEADER = 0x70
 DELIVERY_ANNOTATIONS = 0x71
@@ -266,6 +267,50 @@ def with_application_properties(bare: bytes, extra: Mapping[str, object]) -> byt
     if cut_start is not None and cut_end is not None:
         return bare[:cut_start] + bytes(encoded) + bare[cut_end:]
     return bare[:insert_at] + bytes(encoded) + bare[insert_at:]
+
+
+def _typed(value: object) -> object:
+    """A value computed by a rule action as Service Bus encodes it (integers are longs)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (float, str, datetime)):
+        return value
+    if isinstance(value, int):
+        return Long(value)
+    return str(value)
+
+
+def with_changes(bare: bytes, system: Mapping[str, object], user: Mapping[str, object]) -> bytes:
+    """The bare message after a rule action: properties fields (by Properties attribute name)
+    and application properties set, or removed where the value is None."""
+    out = bytearray()
+    props: Properties | None = None
+    app: dict[Any, object] = {}
+    rest = bytearray()
+    for section in split_sections(bare):
+        value = (
+            codec.decode(bare, section.value_start)[0]
+            if section.code in (PROPERTIES, APPLICATION_PROPERTIES)
+            else None
+        )
+        if section.code == PROPERTIES:
+            props = Properties(*_list_fields(value, 13, "properties"))
+        elif section.code == APPLICATION_PROPERTIES:
+            app = _map(value, "application-properties")
+        else:
+            rest += bare[section.start : section.end]
+    if system:
+        props = props if props is not None else Properties()
+        for name, item in system.items():
+            setattr(props, name, None if item is None else str(item))
+    for name, item in user.items():
+        if item is None:
+            app.pop(name, None)
+        else:
+            app[name] = _typed(item)
+    if props is not None:
+        codec.encode(props.to_described(), out)
+    if app:
+        codec.encode(Described(ULong(APPLICATION_PROPERTIES), app), out)
+    return bytes(out + rest)
 
 
 def assemble(
