@@ -15,6 +15,7 @@ import pytest
 from azure.core.credentials import AzureSasCredential
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 from azure.servicebus.amqp import AmqpAnnotatedMessage, AmqpMessageProperties
+from azure.servicebus.exceptions import ServiceBusAuthenticationError
 
 from claimcheck_bus.emulator import Emulator
 from claimcheck_bus.emulator.amqp import codec, message
@@ -201,3 +202,18 @@ def test_sql_filters_and_actions_from_config_json_route_over_a_socket(
     (msg,) = got
     assert msg.to == "eu-desk"
     assert msg.application_properties == {b"amount": 250, b"region": b"UK", b"priority": 2}
+
+
+def test_a_refused_token_is_an_authentication_error_that_keeps_the_description(
+    emulator: Emulator,
+) -> None:
+    wrong = emulator.connection_string.replace(DEFAULT_KEY, "not-the-key")
+    with ServiceBusClient.from_connection_string(wrong, retry_total=0) as sb:
+        with pytest.raises(ServiceBusAuthenticationError) as refused:
+            with sb.get_queue_sender("orders") as sender:
+                sender.send_messages(ServiceBusMessage(b"x"))
+    # The SDK keeps the put-token description only when the response has no error-condition
+    # (as Service Bus sends it); it retries this error by design, hence retry_total=0 here.
+    inner = str(refused.value.inner_exception)
+    assert "Status code: 401" in inner
+    assert "invalid signature" in inner

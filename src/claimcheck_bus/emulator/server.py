@@ -89,7 +89,6 @@ DISPOSITION_RANGE_LIMIT = 10_000
 
 DEAD_LETTER_CONDITION = "com.microsoft:dead-letter"
 LOCK_LOST_CONDITION = "com.microsoft:message-lock-lost"
-UNAUTHORIZED_CONDITION = "amqp:unauthorized-access"
 
 ROLE_SENDER = False
 ROLE_RECEIVER = True
@@ -1114,14 +1113,14 @@ class IncomingLink(Link):
             self.conn.authorized.add(check.audience_path)
             app: dict[str, object] = {"status-code": Int(202), "status-description": "Accepted"}
         else:
-            # The JS SDK turns error-condition amqp:unauthorized-access into its
-            # non-retryable UnauthorizedError carrying our description; the Python SDK raises
-            # ServiceBusAuthenticationError, which it retries by design (retry_total).
+            # Like Service Bus: status 401 and a description, no error-condition. The JS SDK
+            # maps 401 to amqp:unauthorized-access (UnauthorizedError); the Python SDK keeps the
+            # description only when no error-condition is given. Both retry the failure by
+            # design (credentials may have been rotated), so a client fails after its retries.
             app = {
                 "status-code": Int(401),
                 "status-description": f"Unauthorized: {check.reason}. Check the key name "
                 "and key in the connection string against the emulator's --key-name/--key.",
-                "error-condition": Symbol(UNAUTHORIZED_CONDITION),
             }
         self._respond(request, app)
         return Accepted()
