@@ -88,6 +88,7 @@ def test_send_receive_peek_batches_and_messages_without_an_id(emulator: Emulator
     assert peek_lock["deliveryCount"] == 0
     # Item 3: x-opt-lock-token in the delivery annotations equals the delivery tag's token.
     assert peek_lock["lockTokenAnnotation"] == peek_lock["lockToken"]
+    assert report["deliveryAnnotation"] == "from-js"
     # Item 2: the service assigns an id (the JS SDK keys lock renewal by it), so complete works.
     # Its form is undocumented; we give 32 hex digits, .NET's Guid "N" format.
     assert len(report["withoutId"]["messageId"]) == 32

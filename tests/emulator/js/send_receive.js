@@ -22,6 +22,19 @@ run(async (client, { queue }) => {
   };
   await locking.completeMessage(first);
 
+  // The sender's own delivery annotations reach the receiver (the SDKs' live tests rely on it).
+  await sender.sendMessages({
+    body: "annotated",
+    bodyType: "value",
+    deliveryAnnotations: { "x-custom": "from-js" },
+    messageAnnotations: {},
+    applicationProperties: {},
+    properties: { messageId: "annotated-1" },
+  });
+  const [annotated] = await receive(locking, 1);
+  report.deliveryAnnotation = annotated._rawAmqpMessage.deliveryAnnotations?.["x-custom"] ?? null;
+  await locking.completeMessage(annotated);
+
   // A message sent without a message id: the service gives it one; complete must work.
   await sender.sendMessages({ body: "no id" });
   const [noId] = await receive(locking, 1);
