@@ -286,15 +286,11 @@ def with_changes(bare: bytes, system: Mapping[str, object], user: Mapping[str, o
     app: dict[Any, object] = {}
     rest = bytearray()
     for section in split_sections(bare):
-        value = (
-            codec.decode(bare, section.value_start)[0]
-            if section.code in (PROPERTIES, APPLICATION_PROPERTIES)
-            else None
-        )
         if section.code == PROPERTIES:
-            props = Properties(*_list_fields(value, 13, "properties"))
+            fields = codec.decode(bare, section.value_start)[0]
+            props = Properties(*_list_fields(fields, 13, "properties"))
         elif section.code == APPLICATION_PROPERTIES:
-            app = _map(value, "application-properties")
+            app = _map(codec.decode(bare, section.value_start)[0], "application-properties")
         else:
             rest += bare[section.start : section.end]
     if system:
