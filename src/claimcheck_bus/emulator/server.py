@@ -85,6 +85,8 @@ LINK_CREDIT = 1000
 # Service Bus advertises a 4-minute idle timeout; a peer silent for twice that is gone.
 IDLE_TIMEOUT_MS = 240_000
 MAX_DELIVERIES_PER_RECEIVE = 64
+# A batch may arrive up to this many times its limit (envelope included) before we stop reading.
+BATCH_ENVELOPE_ROOM = 2
 DISPOSITION_RANGE_LIMIT = 10_000
 
 DEAD_LETTER_CONDITION = "com.microsoft:dead-letter"
@@ -303,6 +305,20 @@ def apply_settlement(broker: Broker, path: str, token: uuid.UUID, action: Settle
         broker.dead_letter(path, token, action.reason, action.description, rewrite)
     else:
         broker.release(path, token)
+
+
+def batch_size(data: codec.Buffer) -> int:
+    """A batch's size as the SDKs count it against the limit: its messages' data sections.
+
+    The Python SDK copies the first message's properties into the batch envelope without
+    counting them, and fills a batch up to the limit by that count; Service Bus accepts such
+    batches (the SDK is built against it), so the envelope is not held against the limit.
+    """
+    return sum(
+        section.end - section.start
+        for section in message.split_sections(data)
+        if section.code == message.DATA
+    )
 
 
 def sender_credit(remote_delivery_count: int | None, link_credit: int, delivery_count: int) -> int:
@@ -937,6 +953,7 @@ class IncomingLink(Link):
         self._buffer = bytearray()
         self._first: Transfer | None = None
         self._oversize = False
+        self.is_batch = False
         self.kind = "entity"
         self.entity = path
         self.limit = self.server.settings.max_message_size
@@ -999,10 +1016,10 @@ class IncomingLink(Link):
             self._first = frame
             self._buffer = bytearray()
             self._oversize = False
-            fmt = int(frame.message_format or 0)
+            self.is_batch = int(frame.message_format or 0) == message.BATCH_FORMAT
             self.limit = (
                 self.server.max_batch_size
-                if fmt == message.BATCH_FORMAT
+                if self.is_batch
                 else self.server.settings.max_message_size
             )
         if frame.aborted:
@@ -1010,7 +1027,10 @@ class IncomingLink(Link):
             self._buffer = bytearray()
             return
         if not self._oversize:
-            if len(self._buffer) + len(payload) > self.limit:
+            # A batch's envelope repeats the first message's properties, which the SDKs leave
+            # out when they fill a batch up to the limit: buffer room for it, measure later.
+            room = BATCH_ENVELOPE_ROOM * self.limit if self.is_batch else self.limit
+            if len(self._buffer) + len(payload) > room:
                 # Stop buffering: the rest of an oversize message is read and dropped.
                 self._oversize = True
                 self._buffer = bytearray()
@@ -1026,6 +1046,10 @@ class IncomingLink(Link):
         self.credit -= 1
         if self.credit <= LINK_CREDIT // 2:
             self._grant()
+        if not self._oversize and self.is_batch and self.kind == "entity":
+            # A malformed batch is left to _deliver, which rejects it with decode-error.
+            with contextlib.suppress(DecodeError):
+                self._oversize = batch_size(data) > self.limit
         if self._oversize:
             outcome: Composite = Rejected(
                 error=_error(
