@@ -29,9 +29,11 @@ from claimcheck_bus.emulator.config import (
     EmulatorConfig,
     EntityOptions,
     QueueConfig,
+    SqlRule,
     SubscriptionConfig,
     TopicConfig,
 )
+from claimcheck_bus.emulator.sql_filter import Changes, parse_action, parse_filter
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 LOCK = timedelta(seconds=30)
@@ -899,3 +901,51 @@ def test_entities_added_at_run_time(clock: FakeClock) -> None:
 def test_config_with_unknown_forward_target_is_refused(clock: FakeClock) -> None:
     with pytest.raises(ValueError, match="'a' forwards to 'nowhere'"):
         _broker(clock, _q("a", forward_to="nowhere"))
+
+
+def _sql(name: str, expression: str, action: str | None = None) -> SqlRule:
+    return SqlRule(name, parse_filter(expression), parse_action(action) if action else None)
+
+
+def test_sql_rules_route_and_actions_change_only_that_subscriptions_copy(
+    clock: FakeClock,
+) -> None:
+    restamped: list[tuple[bytes, Changes]] = []
+
+    def restamp(bare: bytes, changes: Changes) -> bytes:
+        restamped.append((bare, changes))
+        return bare + b"+action"
+
+    topic = TopicConfig(
+        "t",
+        EntityOptions(),
+        (
+            SubscriptionConfig("big", EntityOptions(), (_sql("big", "amount > 100"),)),
+            SubscriptionConfig(
+                "eu",
+                EntityOptions(),
+                (
+                    _sql("eu", "region = 'EU'", "SET tier = 'gold'; REMOVE amount"),
+                    CorrelationFilter(subject="Refund"),
+                ),
+            ),
+        ),
+    )
+    broker = Broker(EmulatorConfig(topics=(topic,)), clock=clock, restamp=restamp)
+    broker.send("t", b"a", MessageMeta(application_properties={"amount": 500, "region": "US"}))
+    broker.send("t", b"b", MessageMeta(application_properties={"amount": 5, "region": "EU"}))
+    broker.send("t", b"c", MessageMeta(subject="Refund"))
+
+    assert [m.bare for m in broker.receive("t/Subscriptions/big", 10, peek_lock=False)] == [b"a"]
+    eu = broker.receive("t/Subscriptions/eu", 10, peek_lock=False)
+    assert [m.bare for m in eu] == [b"b+action", b"c"]
+    assert eu[0].meta.application_properties == {"region": "EU", "tier": "gold"}
+    assert restamped == [(b"b", Changes(user={"tier": "gold", "amount": None}))]
+
+
+def test_correlation_rule_with_an_action(clock: FakeClock) -> None:
+    rule = CorrelationFilter(subject="s", action=parse_action("SET sys.Label = 'seen'"))
+    topic = TopicConfig("t", EntityOptions(), (SubscriptionConfig("x", EntityOptions(), (rule,)),))
+    broker = Broker(EmulatorConfig(topics=(topic,)), clock=clock)
+    broker.send("t", b"m", MessageMeta(subject="s"))
+    assert _one(broker, "t/Subscriptions/x").meta.subject == "seen"

@@ -6,11 +6,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import tomllib
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
 
 from claimcheck_bus.emulator.__main__ import main
+from claimcheck_bus.emulator.server import DEFAULT_PORT
 
 
 def test_bad_config_file_exits_2_naming_the_file(
@@ -54,3 +57,22 @@ def test_cli_serves_custom_key_and_limit_then_stops_on_sigint() -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {DEFAULT_PORT})" in shown
+    assert "(default: 127.0.0.1)" in shown
+    assert "(default: 262144)" in shown
+    assert "(default: None)" not in shown
+
+
+def test_default_port_is_the_one_the_samples_development_config_names() -> None:
+    config = Path(__file__).parents[2] / "samples" / "claimcheck.development.toml"
+    connection_string = tomllib.loads(config.read_text())["service_bus"]["connection_string"]
+    endpoint = dict(part.split("=", 1) for part in connection_string.split(";") if part)
+    assert urlsplit(endpoint["Endpoint"]).port == DEFAULT_PORT
+    # Microsoft's emulator's 5672 is AMQP's well-known port, held by RabbitMQ on these machines.
+    assert DEFAULT_PORT != 5672

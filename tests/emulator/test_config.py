@@ -21,6 +21,7 @@ from claimcheck_bus.emulator.config import (
     CorrelationFilter,
     EmulatorConfig,
     EntityOptions,
+    SqlRule,
     format_duration,
     load_config,
     parse_config,
@@ -320,9 +321,25 @@ def test_unknown_properties_warn_with_file_and_path(tmp_path: Path) -> None:
         (
             lambda d: d["UserConfig"]["Namespaces"][0]["Topics"][0]["Subscriptions"][0]["Rules"][0][
                 "Properties"
-            ].update(FilterType="Sql", SqlFilter={"SqlExpression": "sys.MessageId = '1'"}),
-            "UserConfig.Namespaces[0].Topics[0].Subscriptions[0].Rules[0].Properties.FilterType",
-            "SQL filters are not supported",
+            ].update(FilterType="Sql", SqlFilter={"SqlExpression": "sys.MessageId == '1'"}),
+            "UserConfig.Namespaces[0].Topics[0].Subscriptions[0].Rules[0].Properties"
+            ".SqlFilter.SqlExpression",
+            "rule 'only-orders': line 1, column 16: expected a value",
+        ),
+        (
+            lambda d: d["UserConfig"]["Namespaces"][0]["Topics"][0]["Subscriptions"][0]["Rules"][0][
+                "Properties"
+            ].update(Action={"SqlExpression": "SET a = 1;\nUPDATE b"}),
+            "UserConfig.Namespaces[0].Topics[0].Subscriptions[0].Rules[0].Properties"
+            ".Action.SqlExpression",
+            "rule 'only-orders': line 2, column 1: expected SET or REMOVE",
+        ),
+        (
+            lambda d: d["UserConfig"]["Namespaces"][0]["Topics"][0]["Subscriptions"][0]["Rules"][0][
+                "Properties"
+            ].update(FilterType="Sql"),
+            "UserConfig.Namespaces[0].Topics[0].Subscriptions[0].Rules[0].Properties",
+            "missing SqlFilter",
         ),
         (
             lambda d: d["UserConfig"]["Namespaces"][0]["Topics"][0]["Subscriptions"][0]["Rules"][0][
@@ -399,3 +416,26 @@ def test_arbitrary_json_never_crashes_with_anything_but_config_error(document: o
         warnings.simplefilter("ignore", ConfigWarning)
         with contextlib.suppress(ConfigError):
             parse_config(document)
+
+
+def test_sql_rules_and_actions_as_microsofts_emulator_writes_them() -> None:
+    document = copy.deepcopy(OFFICIAL)
+    rules = document["UserConfig"]["Namespaces"][0]["Topics"][0]["Subscriptions"][0]["Rules"]
+    rules.append(
+        {
+            "Name": "app-prop-filter-1",
+            "Properties": {
+                "FilterType": "Sql",
+                "SqlFilter": {"SqlExpression": "sys.MessageId = '123456' AND userProp1 = 'value1'"},
+                "Action": {"SqlExpression": "SET sys.To = 'Entity'"},
+            },
+        }
+    )
+    config = parse_config(document)
+    sql = config.topics[0].subscriptions[0].rules[1]
+    assert isinstance(sql, SqlRule)
+    assert sql.name == "app-prop-filter-1"
+    assert sql.filter.matches({"message_id": "123456"}, {"userProp1": "value1"})
+    assert not sql.filter.matches({"message_id": "123456"}, {"userProp1": "other"})
+    assert sql.action is not None
+    assert sql.action.apply({}, {}).system == {"to": "Entity"}

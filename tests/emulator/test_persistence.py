@@ -11,6 +11,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -473,3 +474,22 @@ def test_messages_expire_while_down_and_scheduled_ones_activate(
     (dead,) = broker.receive("q/$DeadLetterQueue", 10, peek_lock=False)
     assert dead.dead_letter_reason == "TTLExpiredException"
     broker.close()
+
+
+def test_a_rewritten_copy_and_delivery_annotations_survive_a_restart(open_broker) -> None:  # type: ignore[no-untyped-def]
+    first = open_broker()
+    first.send("orders", b"old-bytes", MessageMeta(message_id="m", delivery_annotations=b"\x00da"))
+    (msg,) = first.receive("orders", 1, peek_lock=True)
+
+    def rewrite(bare: bytes, meta: MessageMeta) -> tuple[bytes, MessageMeta]:
+        return b"new-bytes", replace(meta, application_properties={"retry": "yes"})
+
+    first.abandon("orders", msg.lock_token, rewrite)
+    first.close()
+
+    second = open_broker()
+    (after,) = second.peek("orders", 0, 10)
+    assert after.bare == b"new-bytes"
+    assert after.delivery_count == 1
+    assert after.meta.application_properties == {"retry": "yes"}
+    assert after.meta.delivery_annotations == b"\x00da"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from datetime import datetime, timedelta, timezone
+from urllib.parse import quote
 
 import pytest
 from azure.servicebus._pyamqp import _decode as sdk_decode
@@ -17,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from claimcheck_bus.emulator.amqp import cbs, message
+from claimcheck_bus.emulator.amqp.message import Properties
 from claimcheck_bus.emulator.amqp.performatives import (
     Accepted,
     AmqpError,
@@ -24,6 +26,7 @@ from claimcheck_bus.emulator.amqp.performatives import (
     Rejected,
     Released,
 )
+from claimcheck_bus.emulator.amqp.types import Int, Symbol
 from claimcheck_bus.emulator.broker import BrokerMessage, MessageMeta, MessageState
 from claimcheck_bus.emulator.server import (
     SettleAction,
@@ -100,6 +103,94 @@ def test_outcomes_map_to_broker_settlements() -> None:
     )
     assert settle_action(dead) == SettleAction("dead_letter", "why", "details")
     assert settle_action(None) is None
+
+
+def test_a_modified_outcome_counts_as_abandon_whatever_delivery_failed_says() -> None:
+    # The JS SDK abandons with undeliverable-here false and delivery-failed unset.
+    js_abandon = Modified(undeliverable_here=False, message_annotations={"retry": Int(2)})
+    assert settle_action(js_abandon) == SettleAction("abandon", properties={"retry": Int(2)})
+    assert settle_action(Modified()) == SettleAction("abandon")
+    js_defer = Modified(undeliverable_here=True, message_annotations={Symbol("why"): "later"})
+    assert settle_action(js_defer) == SettleAction("defer", properties={"why": "later"})
+
+
+def test_dead_letter_info_beyond_reason_and_description_is_properties_to_modify() -> None:
+    dead = Rejected(
+        error=AmqpError(
+            "com.microsoft:dead-letter",
+            None,
+            {"DeadLetterReason": "r", "DeadLetterErrorDescription": None, "Stage": "billing"},
+        )
+    )
+    assert settle_action(dead) == SettleAction("dead_letter", "r", None, {"Stage": "billing"})
+
+
+def _bare(**sections: object) -> bytes:
+    return bytes(message.build_message(**sections))  # type: ignore[arg-type]
+
+
+def test_a_message_without_id_is_given_one_and_nothing_else_changes() -> None:
+    bare = _bare(properties=Properties(subject="s"), application_properties={"n": Int(1)})
+    parsed = message.parse_message(bare)
+    message.as_service_bus_stores(parsed, lambda: "assigned")
+    again = message.parse_message(parsed.bare)
+    assert again.properties is not None
+    assert again.properties.message_id == "assigned"
+    assert again.properties.subject == "s"
+    assert again.application_properties == {"n": 1}
+    assert parsed.bare.endswith(bare[message.split_sections(bare)[1].start :])
+
+
+def test_a_message_without_properties_section_is_given_an_id() -> None:
+    parsed = message.parse_message(_bare(value="body"))
+    message.as_service_bus_stores(parsed, lambda: "assigned")
+    assert message.parse_message(parsed.bare).properties == Properties(message_id="assigned")
+
+
+def test_booleans_are_stored_as_0x41_0x42_and_a_message_with_an_id_is_untouched() -> None:
+    sdk = _sdk_encoded(
+        properties=SdkProperties(message_id="m"),
+        application_properties={"IsClaimCheck": True, "Off": False, "n": 5},
+        data=[b"x"],
+    )
+    assert b"\x56\x01" in sdk  # what the Python SDK writes for True
+    parsed = message.parse_message(sdk)
+    message.as_service_bus_stores(parsed, lambda: "unused")
+    assert b"IsClaimCheck\x41" in parsed.bare
+    assert b"Off\x42" in parsed.bare
+    assert message.parse_message(parsed.bare).application_properties == {
+        "IsClaimCheck": True,
+        "Off": False,
+        "n": 5,
+    }
+    plain = message.parse_message(
+        _sdk_encoded(properties=SdkProperties(message_id="m"), data=[b"x"])
+    )
+    before = plain.bare
+    message.as_service_bus_stores(plain, lambda: "unused")
+    assert plain.bare is before
+
+
+def test_locked_deliveries_carry_the_lock_token_and_the_senders_delivery_annotations() -> None:
+    sent = _sdk_encoded(
+        delivery_annotations={"x-custom": "v"},
+        properties=SdkProperties(message_id="m"),
+        data=[b"x"],
+    )
+    parsed = message.parse_message(sent)
+    token = uuid.uuid4()
+    msg = BrokerMessage(
+        sequence_number=1,
+        bare=parsed.bare,
+        meta=meta_from_message(parsed),
+        enqueued_time=datetime(2030, 1, 1, tzinfo=timezone.utc),
+        lock_token=token,
+        locked_until=datetime(2030, 1, 1, 0, 1, tzinfo=timezone.utc),
+    )
+    locked = sdk_decode.decode_payload(memoryview(bytes(render_message(msg, locked=True))))
+    assert locked.delivery_annotations == {b"x-custom": b"v", b"x-opt-lock-token": token}
+    peeked = sdk_decode.decode_payload(memoryview(bytes(render_message(msg, locked=False))))
+    assert peeked.delivery_annotations == {b"x-custom": b"v"}
 
 
 def _sdk_encoded(**kwargs: object) -> bytes:
@@ -215,3 +306,55 @@ def test_frame_slices_cover_the_payload_once(size: int, room: int) -> None:
     assert all(end - start <= room for start, end in slices)
     assert all(a[1] == b[0] for a, b in itertools.pairwise(slices))
     assert len(slices) == max(1, -(-size // room))
+
+
+def _token(resource: str, key: str, expiry: int, key_name: str = "Root") -> str:
+    """A token whose `sr` is `resource` verbatim, signed over exactly that text."""
+    sig = quote(cbs.sign_resource(resource, key, expiry), safe="")
+    return f"SharedAccessSignature sr={resource}&sig={sig}&se={expiry}&skn={key_name}"
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        # Microsoft's AzureSasCredential sample: signed and sent without URL-encoding.
+        "sb://127.0.0.1:5673/orders",
+        # JavaScript's encodeURIComponent and .NET's WebUtility.UrlEncode: upper-case escapes.
+        quote("sb://127.0.0.1:5673/orders", safe=""),
+        # HttpUtility.UrlEncode (older .NET): lower-case escapes.
+        "sb%3a%2f%2f127.0.0.1%3a5673%2forders",
+    ],
+)
+def test_sas_signature_is_verified_over_the_resource_as_written(resource: str) -> None:
+    check = cbs.check_token(
+        _token(resource, "secret", NOW + 60), key_name="Root", key="secret", now=NOW
+    )
+    assert check.ok, check.reason
+    assert check.audience_path == "orders"
+
+
+def test_sas_signature_over_another_spelling_of_the_resource_is_refused() -> None:
+    sig = quote(cbs.sign_resource("sb://h/orders", "secret", NOW + 60), safe="")
+    token = f"SharedAccessSignature sr=sb%3A%2F%2Fh%2Forders&sig={sig}&se={NOW + 60}&skn=Root"
+    check = cbs.check_token(token, key_name="Root", key="secret", now=NOW)
+    assert not check.ok
+    assert check.reason == "invalid signature"
+
+
+def test_a_rule_action_rewrites_properties_and_keeps_the_body() -> None:
+    sent = _sdk_encoded(
+        properties=SdkProperties(message_id="m", subject="s"),
+        application_properties={"keep": Int(7), "drop": "x"},
+        data=[b"body"],
+    )
+    bare = message.parse_message(sent).bare
+    changed = message.with_changes(
+        bare, {"to": "Entity", "group_id": "sess"}, {"drop": None, "added": 3, "f": 0.5}
+    )
+    decoded = sdk_decode.decode_payload(memoryview(changed))
+    assert decoded.properties.to == b"Entity"
+    assert decoded.properties.subject == b"s"
+    assert decoded.properties.group_id == b"sess"
+    assert decoded.application_properties == {b"keep": 7, b"added": 3, b"f": 0.5}
+    assert b"added\x55\x03" in changed  # an integer set by an action is an AMQP long
+    assert decoded.data == [b"body"]  # type: ignore[comparison-overlap]

@@ -1,7 +1,7 @@
 """Command line: run the Service Bus emulator until SIGINT/SIGTERM.
 
-`python -m claimcheck_bus.emulator --config Config.json --port 5673`; prints the connection
-string on one line when ready.
+`python -m claimcheck_bus.emulator --config Config.json`; prints the connection string on one
+line when ready.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from claimcheck_bus.emulator.config import ConfigError, EmulatorConfig, load_con
 from claimcheck_bus.emulator.server import (
     DEFAULT_KEY,
     DEFAULT_KEY_NAME,
+    DEFAULT_PORT,
     MAX_MESSAGE_SIZE_LIMIT,
     STANDARD_MAX_MESSAGE_SIZE,
     AmqpServer,
@@ -24,26 +25,47 @@ from claimcheck_bus.emulator.server import (
 )
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The emulator's command-line options."""
     parser = argparse.ArgumentParser(
         prog="claimcheck-bus emulator",
         description="A Docker-free Azure Service Bus emulator for the azure-servicebus SDK.",
+        formatter_class=_HelpWithDefaults,
     )
     parser.add_argument(
-        "--config", help="the official emulator's Config.json (default: orders/events)"
+        "--config",
+        help="the official emulator's Config.json; without it: queue orders, topic events "
+        "with subscription all",
     )
-    parser.add_argument("--port", type=int, default=5673, help="TCP port; 0 picks a free one")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="TCP port (samples/claimcheck.development.toml expects it); 0 picks a free one",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument(
         "--max-message-size",
         type=int,
         default=STANDARD_MAX_MESSAGE_SIZE,
-        help="largest message in bytes (default 262144 = Standard tier; up to 104857600)",
+        help="largest message in bytes (262144 = Standard tier; up to 104857600)",
     )
     parser.add_argument("--data-dir", help="keep unsettled messages across restarts in DIR")
     parser.add_argument("--key-name", default=DEFAULT_KEY_NAME, help="shared access key name")
-    parser.add_argument("--key", default=DEFAULT_KEY, help="shared access key")
+    parser.add_argument(
+        "--key",
+        default=DEFAULT_KEY,
+        help="shared access key (the default is the official emulator's public one)",
+    )
     return parser
 
 

@@ -27,8 +27,10 @@ from claimcheck_bus.emulator.config import (
     EmulatorConfig,
     EntityOptions,
     QueueConfig,
+    Rule,
     TopicConfig,
 )
+from claimcheck_bus.emulator.sql_filter import SYSTEM_PROPERTIES, Changes, SqlAction
 
 if TYPE_CHECKING:
     from claimcheck_bus.emulator.persistence import Persistence
@@ -46,8 +48,11 @@ __all__ = [
     "MessageNotFound",
     "MessageState",
     "OperationNotAllowed",
+    "Rewrite",
     "effective_ttl",
     "filter_matches",
+    "rule_matches",
+    "selecting_action",
     "subscription_accepts",
 ]
 
@@ -82,6 +87,13 @@ class MessageMeta:
     time_to_live: timedelta | None = None  # AMQP header ttl
     scheduled_enqueue_time: datetime | None = None  # annotation x-opt-scheduled-enqueue-time
     application_properties: Mapping[str, object] = field(default_factory=dict)
+    # The sender's delivery-annotations section, encoded; Service Bus hands it to receivers.
+    delivery_annotations: bytes = b""
+
+
+# Given a locked message's bare bytes and meta, the same message with changed properties
+# (a settlement's properties-to-modify); the protocol layer does the AMQP part.
+Rewrite = Callable[[bytes, MessageMeta], tuple[bytes, MessageMeta]]
 
 
 class MessageState(IntEnum):
@@ -184,9 +196,45 @@ def filter_matches(rule: CorrelationFilter, meta: MessageMeta) -> bool:
     return True
 
 
-def subscription_accepts(rules: Sequence[CorrelationFilter], meta: MessageMeta) -> bool:
+def system_fields(meta: MessageMeta) -> dict[str, object]:
+    """The system properties a SQL filter or action can read (sys.*), by MessageMeta name."""
+    return {name: getattr(meta, name) for name in SYSTEM_PROPERTIES.values()}
+
+
+def rule_matches(rule: Rule, meta: MessageMeta) -> bool:
+    """Whether one rule's filter (correlation or SQL) selects the message."""
+    if isinstance(rule, CorrelationFilter):
+        return filter_matches(rule, meta)
+    return rule.filter.matches(system_fields(meta), meta.application_properties)
+
+
+def subscription_accepts(rules: Sequence[Rule], meta: MessageMeta) -> bool:
     """A subscription takes a message if any rule matches; without rules it takes every one."""
-    return not rules or any(filter_matches(rule, meta) for rule in rules)
+    return not rules or any(rule_matches(rule, meta) for rule in rules)
+
+
+def selecting_action(rules: Sequence[Rule], meta: MessageMeta) -> SqlAction | None:
+    """The action to run on the subscription's copy: that of the first matching rule with one.
+
+    Service Bus makes one more copy per matching rule that has an action; the emulator keeps
+    one copy per subscription and runs the first such action on it.
+    """
+    for rule in rules:
+        if rule.action is not None and rule_matches(rule, meta):
+            return rule.action
+    return None
+
+
+def changed_meta(meta: MessageMeta, changes: Changes) -> MessageMeta:
+    """The message's meta after a rule action."""
+    props = dict(meta.application_properties)
+    for name, value in changes.user.items():
+        if value is None:
+            props.pop(name, None)
+        else:
+            props[name] = value
+    fields = {name: None if v is None else str(v) for name, v in changes.system.items()}
+    return replace(meta, application_properties=props, **fields)  # type: ignore[arg-type]
 
 
 def effective_ttl(*limits: timedelta | None) -> timedelta | None:
@@ -276,7 +324,7 @@ class _Receivable:
         path: str,
         options: EntityOptions,
         kind: _Kind,
-        rules: tuple[CorrelationFilter, ...] = (),
+        rules: tuple[Rule, ...] = (),
         topic: _Topic | None = None,
     ) -> None:
         self.path = path  # canonical, as configured
@@ -385,8 +433,12 @@ class Broker:
         *,
         clock: Callable[[], datetime] = _utc_now,
         persistence: Persistence | None = None,
+        restamp: Callable[[bytes, Changes], bytes] | None = None,
     ) -> None:
+        """``restamp`` re-encodes a bare message after a rule action (the protocol layer's job;
+        without it only the meta changes)."""
         self._clock = clock
+        self._restamp = restamp
         self._journal = persistence
         self._sendables: dict[str, _Sendable] = {}
         self._receivables: dict[str, _Receivable] = {}
@@ -639,9 +691,13 @@ class Broker:
         self._discard(entity, msg)
 
     @_notifying
-    def abandon(self, path: str, lock_token: uuid.UUID) -> None:
-        """Unlock with delivery_count + 1; past the max delivery count it is dead-lettered."""
+    def abandon(self, path: str, lock_token: uuid.UUID, rewrite: Rewrite | None = None) -> None:
+        """Unlock with delivery_count + 1; past the max delivery count it is dead-lettered.
+
+        ``rewrite`` applies the settlement's properties-to-modify first.
+        """
         entity, msg = self._locked(path, lock_token)
+        self._rewrite(entity, msg, rewrite)
         self._unlock(entity, msg)
         self._failed_delivery(entity, msg, self._clock())
 
@@ -653,9 +709,10 @@ class Broker:
         self._returned(entity, msg, self._clock())
 
     @_notifying
-    def defer(self, path: str, lock_token: uuid.UUID) -> None:
+    def defer(self, path: str, lock_token: uuid.UUID, rewrite: Rewrite | None = None) -> None:
         """Set the message aside: only receive_deferred by sequence number gets it again."""
         entity, msg = self._locked(path, lock_token)
+        self._rewrite(entity, msg, rewrite)
         self._unlock(entity, msg)
         msg.state = MessageState.DEFERRED
         now = self._clock()
@@ -666,7 +723,12 @@ class Broker:
 
     @_notifying
     def dead_letter(
-        self, path: str, lock_token: uuid.UUID, reason: str | None, description: str | None
+        self,
+        path: str,
+        lock_token: uuid.UUID,
+        reason: str | None,
+        description: str | None,
+        rewrite: Rewrite | None = None,
     ) -> None:
         """Move a locked message to the entity's dead-letter queue with reason and description."""
         entity, msg = self._locked(path, lock_token)
@@ -675,6 +737,7 @@ class Broker:
                 f"'{entity.path}' is a dead-letter queue: its messages cannot be dead-lettered "
                 "again; complete them instead."
             )
+        self._rewrite(entity, msg, rewrite)
         self._unlock(entity, msg)
         self._dead_letter(entity, msg, _DeadLetterInfo(reason, description, None), self._clock())
 
@@ -773,13 +836,27 @@ class Broker:
             placed = False
             for sub in target.subscriptions:
                 if subscription_accepts(sub.rules, meta):
-                    self._place(sub, seq, payload, meta, now, scheduled_at, hops, dead_letter)
+                    copy_payload, copy_meta = self._after_action(sub.rules, payload, meta)
+                    self._place(
+                        sub, seq, copy_payload, copy_meta, now, scheduled_at, hops, dead_letter
+                    )
                     placed = True
             if not placed and self._journal is not None:
                 self._journal.sequence(target.key, seq)  # keep the counter across restarts
         else:
             self._place(target, seq, payload, meta, now, scheduled_at, hops, dead_letter)
         return seq
+
+    def _after_action(
+        self, rules: Sequence[Rule], payload: _Payload, meta: MessageMeta
+    ) -> tuple[_Payload, MessageMeta]:
+        """The subscription's own copy when a matching rule has an action, else the shared one."""
+        action = selecting_action(rules, meta)
+        if action is None:
+            return payload, meta
+        changes = action.apply(system_fields(meta), meta.application_properties)
+        data = payload.data if self._restamp is None else self._restamp(payload.data, changes)
+        return _Payload(data), changed_meta(meta, changes)
 
     def _place(
         self,
@@ -916,6 +993,17 @@ class Broker:
         entity.locks[token] = msg.sequence_number
         self._push(msg.locked_until, _Due.LOCK, entity, msg.sequence_number, token)
         return copy.copy(msg)
+
+    def _rewrite(self, entity: _Receivable, msg: BrokerMessage, rewrite: Rewrite | None) -> None:
+        """Give this one copy new bytes (other subscriptions' copies keep theirs)."""
+        if rewrite is None:
+            return
+        msg.bare, msg.meta = rewrite(msg.bare, msg.meta)
+        if self._journal is not None:
+            self._journal.delete(entity.key, msg.sequence_number)
+            blob_id = self._journal.add_blob(msg.bare)
+            entity.blob_ids[msg.sequence_number] = blob_id
+            self._journal.put(entity.key, msg, blob_id)
 
     def _unlock(self, entity: _Receivable, msg: BrokerMessage) -> None:
         if msg.lock_token is not None:

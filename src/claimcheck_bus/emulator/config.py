@@ -12,6 +12,14 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
 
+from claimcheck_bus.emulator.sql_filter import (
+    SqlAction,
+    SqlFilter,
+    SqlSyntaxError,
+    parse_action,
+    parse_filter,
+)
+
 __all__ = [
     "TIMESPAN_MAX",
     "ConfigError",
@@ -20,6 +28,8 @@ __all__ = [
     "EmulatorConfig",
     "EntityOptions",
     "QueueConfig",
+    "Rule",
+    "SqlRule",
     "SubscriptionConfig",
     "TopicConfig",
     "format_duration",
@@ -69,6 +79,19 @@ class CorrelationFilter:
     reply_to_session_id: str | None = None
     content_type: str | None = None
     properties: Mapping[str, object] = field(default_factory=dict)  # application properties
+    action: SqlAction | None = None  # the rule's action, run on the copy this rule selects
+
+
+@dataclass(frozen=True)
+class SqlRule:
+    """A rule with a SQL filter (FilterType "Sql") and optionally a SQL action."""
+
+    name: str
+    filter: SqlFilter
+    action: SqlAction | None = None
+
+
+Rule = CorrelationFilter | SqlRule
 
 
 @dataclass(frozen=True)
@@ -77,7 +100,7 @@ class SubscriptionConfig:
 
     name: str
     options: EntityOptions = EntityOptions()
-    rules: tuple[CorrelationFilter, ...] = ()
+    rules: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -420,11 +443,31 @@ def _correlation_filter(w: _Walker, value: object, path: str) -> CorrelationFilt
     return CorrelationFilter(**fields, properties=properties)
 
 
-def _rules(w: _Walker, sub: dict[str, Any], path: str) -> tuple[CorrelationFilter, ...]:
+def _sql(
+    w: _Walker,
+    value: object,
+    path: str,
+    rule: str,
+    parse: Callable[[str], _T],
+) -> _T:
+    """Parse a {"SqlExpression": "..."} object; errors name the rule, line and column."""
+    spec = w.obj(value, path)
+    w.known(spec, path, frozenset({"SqlExpression", "CompatibilityLevel", "RequiresPreprocessing"}))
+    expression_path = _join(path, "SqlExpression")
+    if "SqlExpression" not in spec:
+        raise w.fail(path, "missing SqlExpression")
+    text = w.string(spec["SqlExpression"], expression_path)
+    try:
+        return parse(text)
+    except SqlSyntaxError as exc:
+        raise w.fail(expression_path, f"rule {rule!r}: {exc}") from None
+
+
+def _rules(w: _Walker, sub: dict[str, Any], path: str) -> tuple[Rule, ...]:
     rules_path = _join(path, "Rules")
     raw = w.get(sub, path, "Rules", w.array, list[Any]())
     seen: set[str] = set()
-    result = []
+    result: list[Rule] = []
     for index, item in enumerate(raw):
         rule_path = f"{rules_path}[{index}]"
         rule = w.obj(item, rule_path)
@@ -439,28 +482,28 @@ def _rules(w: _Walker, sub: dict[str, Any], path: str) -> tuple[CorrelationFilte
             props, props_path, frozenset({"FilterType", "CorrelationFilter", "SqlFilter", "Action"})
         )
         filter_type = w.get(props, props_path, "FilterType", w.string, "Correlation")
-        if filter_type.lower() == "sql" or "SqlFilter" in props:
-            raise w.fail(
-                _join(props_path, "FilterType"),
-                "SQL filters are not supported by this emulator; use a Correlation filter",
+        action: SqlAction | None = None
+        if props.get("Action"):
+            action = _sql(w, props["Action"], _join(props_path, "Action"), name, parse_action)
+        if filter_type.lower() == "sql":
+            if "SqlFilter" not in props:
+                raise w.fail(props_path, "missing SqlFilter")
+            sql_filter = _sql(
+                w, props["SqlFilter"], _join(props_path, "SqlFilter"), name, parse_filter
             )
+            result.append(SqlRule(name, sql_filter, action))
+            continue
         if filter_type.lower() != "correlation":
             raise w.fail(
                 _join(props_path, "FilterType"),
-                f"{filter_type!r} is not a filter type (expected 'Correlation')",
-            )
-        action = props.get("Action")
-        if action:
-            raise w.fail(
-                _join(props_path, "Action"), "rule actions (SQL) are not supported by this emulator"
+                f"{filter_type!r} is not a filter type (expected 'Correlation' or 'Sql')",
             )
         if "CorrelationFilter" not in props:
             raise w.fail(props_path, "missing CorrelationFilter")
-        result.append(
-            _correlation_filter(
-                w, props["CorrelationFilter"], _join(props_path, "CorrelationFilter")
-            )
+        correlation = _correlation_filter(
+            w, props["CorrelationFilter"], _join(props_path, "CorrelationFilter")
         )
+        result.append(replace(correlation, action=action))
     return tuple(result)
 
 

@@ -137,6 +137,8 @@ def _encode_meta(meta: MessageMeta) -> dict[str, Any]:
         out["sched"] = _micros(meta.scheduled_enqueue_time)
     if meta.application_properties:
         out["props"] = {k: encode_value(v) for k, v in meta.application_properties.items()}
+    if meta.delivery_annotations:
+        out["da"] = base64.b64encode(meta.delivery_annotations).decode("ascii")
     return out
 
 
@@ -145,7 +147,9 @@ def _decode_meta(data: dict[str, Any]) -> MessageMeta:
     ttl = fields.pop("ttl", None)
     sched = fields.pop("sched", None)
     props = fields.pop("props", {})
+    annotations = fields.pop("da", None)
     return MessageMeta(
+        delivery_annotations=b"" if annotations is None else base64.b64decode(annotations),
         **fields,
         time_to_live=None if ttl is None else timedelta(microseconds=ttl),
         scheduled_enqueue_time=None if sched is None else _from_micros(sched),

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,13 +60,19 @@ from .broker import (
     LockLost,
     MessageMeta,
     MessageState,
+    Rewrite,
 )
 from .config import EmulatorConfig
+from .sql_filter import Changes
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_KEY_NAME = "RootManageSharedAccessKey"
 DEFAULT_KEY = "SAS_KEY_VALUE"
+# Microsoft's emulator listens on AMQP's 5672, which a local RabbitMQ usually holds (it does on
+# this project's machines); one above it is free and is what samples/claimcheck.development.toml
+# names. Run Microsoft's emulator with `-p 5673:5672` to use it with the same configuration.
+DEFAULT_PORT = 5673
 STANDARD_MAX_MESSAGE_SIZE = 262_144
 PREMIUM_MAX_BATCH_SIZE = 1_048_576
 MAX_MESSAGE_SIZE_LIMIT = 100 * 1024 * 1024
@@ -79,6 +85,8 @@ LINK_CREDIT = 1000
 # Service Bus advertises a 4-minute idle timeout; a peer silent for twice that is gone.
 IDLE_TIMEOUT_MS = 240_000
 MAX_DELIVERIES_PER_RECEIVE = 64
+# A batch may arrive up to this many times its limit (envelope included) before we stop reading.
+BATCH_ENVELOPE_ROOM = 2
 DISPOSITION_RANGE_LIMIT = 10_000
 
 DEAD_LETTER_CONDITION = "com.microsoft:dead-letter"
@@ -161,7 +169,24 @@ def meta_from_message(parsed: ParsedMessage) -> MessageMeta:
         time_to_live=ttl,
         scheduled_enqueue_time=scheduled,
         application_properties=app,
+        delivery_annotations=parsed.delivery_annotations,
     )
+
+
+def new_message_id() -> str:
+    """The id Service Bus gives a message sent without one.
+
+    Undocumented beyond "the service assigns one"; we use a GUID in .NET's "N" form (32 hex
+    digits), what the classic BrokeredMessage assigned, so no client's id parser is surprised.
+    """
+    return uuid.uuid4().hex
+
+
+def received_message(data: codec.Buffer) -> ParsedMessage:
+    """A sent message parsed, then rewritten as Service Bus would store it."""
+    parsed = message.parse_message(data)
+    message.as_service_bus_stores(parsed, new_message_id)
+    return parsed
 
 
 def render_message(msg: BrokerMessage, *, locked: bool) -> bytearray:
@@ -187,6 +212,9 @@ def render_message(msg: BrokerMessage, *, locked: bool) -> bytearray:
         annotations[Symbol("x-opt-scheduled-enqueue-time")] = Timestamp.from_datetime(scheduled)
     if msg.dead_letter_source is not None:
         annotations[Symbol("x-opt-deadletter-source")] = msg.dead_letter_source
+    delivery = message.annotations_map(msg.meta.delivery_annotations)
+    if locked and msg.lock_token is not None:
+        delivery[Symbol("x-opt-lock-token")] = msg.lock_token
     bare: bytes = msg.bare
     extra: dict[str, object] = {}
     if msg.dead_letter_reason is not None:
@@ -195,7 +223,10 @@ def render_message(msg: BrokerMessage, *, locked: bool) -> bytearray:
         extra["DeadLetterErrorDescription"] = msg.dead_letter_description
     if extra:
         bare = message.with_application_properties(bare, extra)
-    return message.assemble(header, annotations, bare)
+    return message.assemble(header, annotations, bare, delivery)
+
+
+_DEAD_LETTER_INFO = ("DeadLetterReason", "DeadLetterErrorDescription")
 
 
 @dataclass(frozen=True)
@@ -205,44 +236,89 @@ class SettleAction:
     kind: str  # complete | abandon | defer | dead_letter | release
     reason: str | None = None
     description: str | None = None
+    properties: Mapping[str, object] = field(default_factory=dict)  # properties-to-modify
+
+
+def properties_to_modify(value: object, skip: tuple[str, ...] = ()) -> dict[str, object]:
+    """An outcome's map of application properties to set (string or symbol keys)."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(key): item
+        for key, item in value.items()
+        if isinstance(key, str) and str(key) not in skip and item is not None
+    }
 
 
 def settle_action(state: object) -> SettleAction | None:
-    """Map an AMQP outcome sent by the SDK to the broker operation (None: not an outcome)."""
+    """Map an AMQP outcome sent by the SDK to the broker operation (None: not an outcome).
+
+    Service Bus counts every `modified` that is not undeliverable-here as an abandon, whatever
+    delivery-failed says (the JS SDK leaves it unset, the Python SDK sets it), and applies the
+    outcome's message-annotations as application properties. A dead-letter's error info, past
+    the reason and description, is applied the same way (the JS SDK puts them there).
+    """
     if isinstance(state, Accepted):
         return SettleAction("complete")
     if isinstance(state, Released):
         return SettleAction("release")
     if isinstance(state, Modified):
-        if state.undeliverable_here:
-            return SettleAction("defer")
-        if state.delivery_failed:
-            return SettleAction("abandon")
-        return SettleAction("release")
+        kind = "defer" if state.undeliverable_here else "abandon"
+        return SettleAction(kind, properties=properties_to_modify(state.message_annotations))
     if isinstance(state, Rejected):
         reason = description = None
+        props: dict[str, object] = {}
         error = state.error
         if isinstance(error, AmqpError):
             description = _text(error.description)
             info = error.info if isinstance(error.info, Mapping) else {}
             reason = _text(info.get("DeadLetterReason"))
             description = _text(info.get("DeadLetterErrorDescription", description))
-        return SettleAction("dead_letter", reason, description)
+            props = properties_to_modify(info, _DEAD_LETTER_INFO)
+        return SettleAction("dead_letter", reason, description, props)
     return None
+
+
+def _rewrite_for(properties: Mapping[str, object]) -> Rewrite | None:
+    if not properties:
+        return None
+
+    def rewrite(bare: bytes, meta: MessageMeta) -> tuple[bytes, MessageMeta]:
+        new_bare = message.with_application_properties(bare, properties)
+        merged = dict(meta.application_properties)
+        merged.update({key: _plain(value) for key, value in properties.items()})
+        return new_bare, replace(meta, application_properties=merged)
+
+    return rewrite
 
 
 def apply_settlement(broker: Broker, path: str, token: uuid.UUID, action: SettleAction) -> None:
     """Perform a settlement on the broker (raises the broker's LockLost and friends)."""
+    rewrite = _rewrite_for(action.properties)
     if action.kind == "complete":
         broker.complete(path, token)
     elif action.kind == "abandon":
-        broker.abandon(path, token)
+        broker.abandon(path, token, rewrite)
     elif action.kind == "defer":
-        broker.defer(path, token)
+        broker.defer(path, token, rewrite)
     elif action.kind == "dead_letter":
-        broker.dead_letter(path, token, action.reason, action.description)
+        broker.dead_letter(path, token, action.reason, action.description, rewrite)
     else:
         broker.release(path, token)
+
+
+def batch_size(data: codec.Buffer) -> int:
+    """A batch's size as the SDKs count it against the limit: its messages' data sections.
+
+    The Python SDK copies the first message's properties into the batch envelope without
+    counting them, and fills a batch up to the limit by that count; Service Bus accepts such
+    batches (the SDK is built against it), so the envelope is not held against the limit.
+    """
+    return sum(
+        section.end - section.start
+        for section in message.split_sections(data)
+        if section.code == message.DATA
+    )
 
 
 def sender_credit(remote_delivery_count: int | None, link_credit: int, delivery_count: int) -> int:
@@ -877,6 +953,7 @@ class IncomingLink(Link):
         self._buffer = bytearray()
         self._first: Transfer | None = None
         self._oversize = False
+        self.is_batch = False
         self.kind = "entity"
         self.entity = path
         self.limit = self.server.settings.max_message_size
@@ -939,10 +1016,10 @@ class IncomingLink(Link):
             self._first = frame
             self._buffer = bytearray()
             self._oversize = False
-            fmt = int(frame.message_format or 0)
+            self.is_batch = int(frame.message_format or 0) == message.BATCH_FORMAT
             self.limit = (
                 self.server.max_batch_size
-                if fmt == message.BATCH_FORMAT
+                if self.is_batch
                 else self.server.settings.max_message_size
             )
         if frame.aborted:
@@ -950,7 +1027,10 @@ class IncomingLink(Link):
             self._buffer = bytearray()
             return
         if not self._oversize:
-            if len(self._buffer) + len(payload) > self.limit:
+            # A batch's envelope repeats the first message's properties, which the SDKs leave
+            # out when they fill a batch up to the limit: buffer room for it, measure later.
+            room = BATCH_ENVELOPE_ROOM * self.limit if self.is_batch else self.limit
+            if len(self._buffer) + len(payload) > room:
                 # Stop buffering: the rest of an oversize message is read and dropped.
                 self._oversize = True
                 self._buffer = bytearray()
@@ -966,6 +1046,10 @@ class IncomingLink(Link):
         self.credit -= 1
         if self.credit <= LINK_CREDIT // 2:
             self._grant()
+        if not self._oversize and self.is_batch and self.kind == "entity":
+            # A malformed batch is left to _deliver, which rejects it with decode-error.
+            with contextlib.suppress(DecodeError):
+                self._oversize = batch_size(data) > self.limit
         if self._oversize:
             outcome: Composite = Rejected(
                 error=_error(
@@ -995,7 +1079,7 @@ class IncomingLink(Link):
                 payloads = message.batch_payloads(data)
             else:
                 payloads = (data,)
-            parsed = [message.parse_message(p) for p in payloads]
+            parsed = [received_message(p) for p in payloads]
         except DecodeError as exc:
             return Rejected(error=_error("amqp:decode-error", str(exc)[:200]))
         try:
@@ -1053,6 +1137,10 @@ class IncomingLink(Link):
             self.conn.authorized.add(check.audience_path)
             app: dict[str, object] = {"status-code": Int(202), "status-description": "Accepted"}
         else:
+            # Like Service Bus: status 401 and a description, no error-condition. The JS SDK
+            # maps 401 to amqp:unauthorized-access (UnauthorizedError); the Python SDK keeps the
+            # description only when no error-condition is given. Both retry the failure by
+            # design (credentials may have been rotated), so a client fails after its retries.
             app = {
                 "status-code": Int(401),
                 "status-description": f"Unauthorized: {check.reason}. Check the key name "
@@ -1321,7 +1409,7 @@ class Management:
         """Schedule each message at its x-opt-scheduled-enqueue-time."""
         numbers: list[Long] = []
         for entry in _items(body["messages"]):
-            parsed = message.parse_message(bytes(entry["message"]))
+            parsed = received_message(bytes(entry["message"]))
             meta = meta_from_message(parsed)
             at = meta.scheduled_enqueue_time or datetime.now(timezone.utc)
             numbers.append(Long(self.broker.schedule(self.path, parsed.bare, meta, at)))
@@ -1349,7 +1437,10 @@ class Management:
         if kind is None:
             raise ValueError(f"unknown disposition-status {status!r}")
         action = SettleAction(
-            kind, _text(body.get("deadletter-reason")), _text(body.get("deadletter-description"))
+            kind,
+            _text(body.get("deadletter-reason")),
+            _text(body.get("deadletter-description")),
+            properties_to_modify(body.get("properties-to-modify")),
         )
         for token in _items(body["lock-tokens"]):
             apply_settlement(self.broker, self.path, _as_uuid(token), action)
@@ -1381,13 +1472,22 @@ def connection_string(host: str, port: int, key_name: str, key: str) -> str:
     )
 
 
+# MessageMeta names of the system properties an action can set -> AMQP properties fields.
+_PROPERTIES_FIELD = {"session_id": "group_id", "reply_to_session_id": "reply_to_group_id"}
+
+
+def _restamp(bare: bytes, changes: Changes) -> bytes:
+    system = {_PROPERTIES_FIELD.get(k, k): v for k, v in changes.system.items()}
+    return message.with_changes(bare, system, changes.user)
+
+
 def _make_broker(config: EmulatorConfig | None, data_dir: str | Path | None) -> Broker:
     config = config or EmulatorConfig.default()
     if data_dir is None:
-        return Broker(config)
+        return Broker(config, restamp=_restamp)
     from .persistence import Persistence
 
-    return Broker(config, persistence=Persistence(data_dir))
+    return Broker(config, persistence=Persistence(data_dir), restamp=_restamp)
 
 
 async def serve(

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from base64 import b64encode
 from dataclasses import dataclass
-from urllib.parse import parse_qs, quote_plus, urlparse
+from urllib.parse import quote_plus, unquote, unquote_plus, urlparse
 
 _PREFIX = "SharedAccessSignature "
 
@@ -21,9 +21,24 @@ class TokenCheck:
 
 
 def sign(audience: str, key: str, expiry: int) -> str:
-    """The base64 HMAC-SHA256 signature Service Bus expects for `audience` and `expiry`."""
-    message = f"{quote_plus(audience)}\n{expiry}".encode()
+    """The base64 HMAC-SHA256 signature the SDKs compute for `audience` and `expiry`."""
+    return sign_resource(quote_plus(audience), key, expiry)
+
+
+def sign_resource(resource: str, key: str, expiry: int) -> str:
+    """The signature over `resource` exactly as written in the token's `sr` field."""
+    message = f"{resource}\n{expiry}".encode()
     return b64encode(hmac.new(key.encode(), message, hashlib.sha256).digest()).decode()
+
+
+def token_fields(body: str) -> dict[str, str]:
+    """The raw (still URL-encoded) fields of a token body `sr=..&sig=..&se=..&skn=..`."""
+    fields: dict[str, str] = {}
+    for part in body.split("&"):
+        name, sep, value = part.partition("=")
+        if sep and name not in fields:
+            fields[name] = value
+    return fields
 
 
 def make_token(audience: str, key_name: str, key: str, expiry: int) -> str:
@@ -42,16 +57,23 @@ def audience_path(audience: str) -> str:
 
 
 def check_token(token: str, *, key_name: str, key: str, now: float) -> TokenCheck:
-    """Verify a put-token SAS token: policy name, signature and expiry (`now` in epoch seconds)."""
+    """Verify a put-token SAS token: policy name, signature and expiry (`now` in epoch seconds).
+
+    The signature is checked over `sr` exactly as the token carries it: the SDKs URL-encode the
+    resource before signing (Python with quote_plus, JavaScript with encodeURIComponent, .NET
+    with WebUtility.UrlEncode), while Microsoft's AzureSasCredential sample signs and sends
+    `sb://host/entity` unencoded. Service Bus accepts both, so whatever was signed is what
+    appears in the token.
+    """
     if not token.startswith(_PREFIX):
         return TokenCheck(False, reason="not a SharedAccessSignature token")
-    fields = parse_qs(token[len(_PREFIX) :], keep_blank_values=True)
+    fields = token_fields(token[len(_PREFIX) :])
     try:
-        audience = fields["sr"][0]
-        signature = fields["sig"][0]
-        expiry_text = fields["se"][0]
-        name = fields["skn"][0]
-    except (KeyError, IndexError):
+        resource = fields["sr"]
+        signature = unquote(fields["sig"])
+        expiry_text = unquote(fields["se"])
+        name = unquote_plus(fields["skn"])
+    except KeyError:
         return TokenCheck(False, reason="token lacks sr, sig, se or skn")
     if name != key_name:
         return TokenCheck(False, reason=f"unknown shared access policy '{name}'")
@@ -59,11 +81,11 @@ def check_token(token: str, *, key_name: str, key: str, now: float) -> TokenChec
         expiry = int(expiry_text)
     except ValueError:
         return TokenCheck(False, reason="token expiry is not an integer")
-    if not hmac.compare_digest(sign(audience, key, expiry), signature):
+    if not hmac.compare_digest(sign_resource(resource, key, expiry).encode(), signature.encode()):
         return TokenCheck(False, reason="invalid signature")
     if expiry <= now:
         return TokenCheck(False, reason="token expired")
-    return TokenCheck(True, audience_path=audience_path(audience))
+    return TokenCheck(True, audience_path=audience_path(unquote_plus(resource)))
 
 
 def grants(audience: str, entity_path: str) -> bool:

@@ -8,13 +8,14 @@ is passed back to receivers unchanged.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from . import codec
 from .codec import DecodeError
-from .types import Described, Symbol, Timestamp, UByte, UInt, ULong
+from .types import Described, Long, Symbol, Timestamp, UByte, UInt, ULong
 
 HEADER = 0x70
 DELIVERY_ANNOTATIONS = 0x71
@@ -149,6 +150,7 @@ class ParsedMessage:
     application_properties: dict[Any, object] = field(default_factory=dict)
     body: object = None  # only decoded for amqp-value bodies (management requests)
     bare: bytes = b""
+    delivery_annotations: bytes = b""  # the whole encoded section, as the sender wrote it
 
 
 def _list_fields(value: object, size: int, what: str) -> list[Any]:
@@ -176,7 +178,10 @@ def parse_message(buf: codec.Buffer, *, decode_value: bool = False) -> ParsedMes
             if bare_start is None:
                 bare_start = section.start
             bare_end = section.end
-        if code in (DATA, AMQP_SEQUENCE, FOOTER, DELIVERY_ANNOTATIONS):
+        if code == DELIVERY_ANNOTATIONS:
+            result.delivery_annotations = bytes(buf[section.start : section.end])
+            continue
+        if code in (DATA, AMQP_SEQUENCE, FOOTER):
             continue
         if code == AMQP_VALUE:
             if decode_value:
@@ -194,6 +199,36 @@ def parse_message(buf: codec.Buffer, *, decode_value: bool = False) -> ParsedMes
     if bare_start is not None:
         result.bare = bytes(buf[bare_start:bare_end])
     return result
+
+
+def as_service_bus_stores(parsed: ParsedMessage, new_message_id: Callable[[], str]) -> None:
+    """Rewrite a received bare message as Service Bus hands it out again, in place.
+
+    Service Bus decodes what it receives into its own message and encodes it again on delivery
+    with Microsoft.Azure.Amqp, which writes a boolean as 0x41/0x42 (never 0x56 0x01: rhea, the
+    JS SDK's AMQP stack, reads that as the number 1). It also gives a message sent without a
+    message-id one of its own. Only those two things change; everything else passes through.
+    """
+    props = parsed.properties
+    app = parsed.application_properties
+    needs_id = props is None or props.message_id is None
+    has_bool = any(isinstance(value, bool) for value in app.values())
+    if not needs_id and not has_bool:
+        return
+    out = bytearray()
+    for section in split_sections(parsed.bare):
+        if section.code == PROPERTIES and needs_id:
+            continue
+        if section.code == APPLICATION_PROPERTIES and has_bool:
+            codec.encode(Described(ULong(APPLICATION_PROPERTIES), dict(app)), out)
+            continue
+        out += parsed.bare[section.start : section.end]
+    if needs_id:
+        props = props if props is not None else Properties()
+        props.message_id = new_message_id()
+        parsed.properties = props
+        out[0:0] = codec.encode(props.to_described())
+    parsed.bare = bytes(out)
 
 
 def batch_payloads(buf: codec.Buffer) -> list[memoryview]:
@@ -234,13 +269,58 @@ def with_application_properties(bare: bytes, extra: Mapping[str, object]) -> byt
     return bare[:insert_at] + bytes(encoded) + bare[insert_at:]
 
 
+def _typed(value: object) -> object:
+    """A value computed by a rule action as Service Bus encodes it (integers are longs)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (float, str, datetime)):
+        return value
+    if isinstance(value, int):
+        return Long(value)
+    return str(value)
+
+
+def with_changes(bare: bytes, system: Mapping[str, object], user: Mapping[str, object]) -> bytes:
+    """The bare message after a rule action: properties fields (by Properties attribute name)
+    and application properties set, or removed where the value is None."""
+    out = bytearray()
+    props: Properties | None = None
+    app: dict[Any, object] = {}
+    rest = bytearray()
+    for section in split_sections(bare):
+        if section.code == PROPERTIES:
+            fields = codec.decode(bare, section.value_start)[0]
+            props = Properties(*_list_fields(fields, 13, "properties"))
+        elif section.code == APPLICATION_PROPERTIES:
+            app = _map(codec.decode(bare, section.value_start)[0], "application-properties")
+        else:
+            rest += bare[section.start : section.end]
+    if system:
+        props = props if props is not None else Properties()
+        for name, item in system.items():
+            setattr(props, name, None if item is None else str(item))
+    for name, item in user.items():
+        if item is None:
+            app.pop(name, None)
+        else:
+            app[name] = _typed(item)
+    if props is not None:
+        codec.encode(props.to_described(), out)
+    if app:
+        codec.encode(Described(ULong(APPLICATION_PROPERTIES), app), out)
+    return bytes(out + rest)
+
+
 def assemble(
-    header: Header | None, message_annotations: Mapping[Any, object] | None, bare: bytes
+    header: Header | None,
+    message_annotations: Mapping[Any, object] | None,
+    bare: bytes,
+    delivery_annotations: Mapping[Any, object] | None = None,
 ) -> bytearray:
-    """Header + message annotations + the bare message, in one buffer (one copy of the body)."""
+    """Header, delivery and message annotations, then the bare message, in one buffer."""
     out = bytearray()
     if header is not None:
         codec.encode(header.to_described(), out)
+    if delivery_annotations:
+        codec.encode(Described(ULong(DELIVERY_ANNOTATIONS), dict(delivery_annotations)), out)
     if message_annotations:
         codec.encode(Described(ULong(MESSAGE_ANNOTATIONS), dict(message_annotations)), out)
     out += bare
@@ -261,6 +341,16 @@ def build_message(
         codec.encode(Described(ULong(APPLICATION_PROPERTIES), dict(application_properties)), out)
     codec.encode(Described(ULong(AMQP_VALUE), value), out)
     return out
+
+
+def annotations_map(section: bytes) -> dict[Any, object]:
+    """The map of an encoded annotations section (b"" -> {})."""
+    if not section:
+        return {}
+    sections = split_sections(section)
+    if len(sections) != 1:
+        raise DecodeError("expected exactly one annotations section")
+    return _map(codec.decode(section, sections[0].value_start)[0], "annotations")
 
 
 def id_to_str(value: object) -> str | None:
