@@ -249,7 +249,8 @@ def choose_node(candidates: Sequence[tuple[Path, str | None]], minimum_major: in
         f"{node} ({(version or 'unreadable version').strip()})" for node, version in candidates
     )
     raise AzuriteNotInstalled(
-        f"Azurite {AZURITE_VERSION} needs {needed}; the node found is older: {seen}. {fix}"
+        f"This Azurite needs {needed} (its package.json says so), and no node found is new "
+        f"enough: {seen}. {fix}"
     )
 
 
@@ -270,10 +271,13 @@ def find_azurite(search_from: Sequence[Path]) -> tuple[Path, Path]:
     candidates = node_candidates(
         install.node_modules, Path(on_path) if on_path else None, Path.is_file
     )
+    # node_modules/.bin/node usually links to a platform package's node: ask each binary once.
+    distinct: dict[Path, Path] = {}
+    for candidate in candidates:
+        distinct.setdefault(candidate.resolve(), candidate)
     minimum = minimum_node_major(_engines_node(install.package))
-    return choose_node([(node, _node_version(node)) for node in candidates], minimum), (
-        install.main_js
-    )
+    node = choose_node([(n, _node_version(n)) for n in distinct.values()], minimum)
+    return node, install.main_js
 
 
 def _engines_node(package: Path) -> str | None:
