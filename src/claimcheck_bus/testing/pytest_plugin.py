@@ -1,7 +1,9 @@
 """Pytest fixtures for claimcheck-bus users: Azurite, the Service Bus emulator, settings.
 
 Registered through the ``pytest11`` entry point, so installing claimcheck-bus makes them
-available in any suite:
+available in any suite (``pip install claimcheck-bus[testing]`` brings what they import; the
+Azurite ones also need ``npm i -D azurite@3.37.0`` in the project, Docker, or a running
+Azurite: see :mod:`claimcheck_bus.testing.azurite`):
 
 - ``azurite`` (session): a running Azurite blob service; ``blob_container``: a fresh container;
 - ``azurite_oauth`` (session): Azurite over HTTPS with ``--oauth basic`` (user-delegation SAS);

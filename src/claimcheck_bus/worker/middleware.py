@@ -16,9 +16,7 @@ from enum import Enum
 from typing import Any
 
 from claimcheck_bus.worker.context import EventContext
-from claimcheck_bus.worker.dispatch import percentile
-
-log = logging.getLogger("claimcheck_bus.worker")
+from claimcheck_bus.worker.dispatch import bounded, describe, percentile
 
 
 class Outcome(Enum):
@@ -66,10 +64,15 @@ def overriding(middleware: Sequence[Middleware], hook: str) -> list[Middleware]:
 
 
 class LoggingMiddleware(Middleware):
-    """Logs each settlement (INFO for failures, DEBUG for success) and each commit's lag."""
+    """Logs every settlement at INFO, one line per message, and each commit's lag at DEBUG.
+
+    An access log: the event type, message id, entity, delivery count, outcome and duration
+    of every message, successes included, on ``claimcheck_bus.worker.settlements`` (or
+    ``logger``). Without it the worker logs only the messages that were not a plain success.
+    """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
-        self.log = logger or log
+        self.log = logger or logging.getLogger("claimcheck_bus.worker.settlements")
 
     def after_commit(self, context: EventContext, projection: str, lag: float | None) -> None:
         """Log the read-model lag of one commit."""
@@ -88,10 +91,13 @@ class LoggingMiddleware(Middleware):
         error: BaseException | None,
         duration: float,
     ) -> None:
-        """Log the outcome; failures name the error."""
-        level = logging.DEBUG if outcome in (Outcome.COMPLETED, Outcome.DUPLICATE) else logging.INFO
-        self.log.log(
-            level,
+        """Log the outcome; failures name the error (secrets masked)."""
+        if not self.log.isEnabledFor(logging.INFO):
+            return
+        failure = (
+            f": {bounded(' '.join(describe(error).split()), 300)}" if error is not None else ""
+        )
+        self.log.info(
             "%s %s on %s (delivery %d): %s in %.3f s%s",
             context.event_type,
             context.message_id,
@@ -99,7 +105,7 @@ class LoggingMiddleware(Middleware):
             context.delivery_count,
             outcome.value,
             duration,
-            f": {type(error).__name__}: {error}" if error is not None else "",
+            failure,
         )
 
 

@@ -56,6 +56,7 @@ from claimcheck_bus.worker.dispatch import (
 from claimcheck_bus.worker.group_commit import GroupCommit
 from claimcheck_bus.worker.lock_renewal import LockRenewal
 from claimcheck_bus.worker.middleware import HOOKS, Middleware, Outcome, overriding
+from claimcheck_bus.worker.outcome_log import log_outcome, quiet_sdk_chatter
 from claimcheck_bus.worker.projection import (
     Pending,
     Projection,
@@ -154,6 +155,11 @@ class Worker:
     entities. A projection's events are applied in batches of at most ``max_batch_size``,
     one transaction each (see ``group_commit``); handlers run in threads so lock renewal
     keeps going while they compute.
+
+    At INFO it logs one line for each message it dead-letters, abandons or fails to settle
+    (see ``outcome_log``). While it serves, the Azure SDKs' INFO chatter (every link's state,
+    every HTTP request) is raised to WARNING on the loggers you have not configured yourself;
+    ``quiet_sdk_logs=False`` keeps it.
     """
 
     def __init__(
@@ -171,6 +177,7 @@ class Worker:
         backoff_max: float = 30.0,
         refill_fraction: float = 0.5,
         max_batch_size: int = 64,
+        quiet_sdk_logs: bool = True,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -188,6 +195,7 @@ class Worker:
         self.backoff_max = backoff_max
         self.refill_fraction = refill_fraction
         self.max_batch_size = max_batch_size
+        self.quiet_sdk_logs = quiet_sdk_logs
         self._credential = credential
         self._entities: dict[tuple[str | None, str | None, str | None], _Entity] = {}
         self._runners: list[ProjectionRunner] = []
@@ -356,6 +364,7 @@ class Worker:
             for runner in self._runners
         }
         handling: set[asyncio.Task[None]] = set()
+        restore_sdk_logs = quiet_sdk_chatter() if self.quiet_sdk_logs else None
         try:
             # Its receives poll the link no longer than a busy receive may wait: the SDK's
             # default (0.2 s) would hold the link, and the settlements behind it, that long
@@ -380,6 +389,8 @@ class Worker:
                         task.cancel()
                     await asyncio.gather(*background, return_exceptions=True)
         finally:
+            if restore_sdk_logs is not None:
+                restore_sdk_logs()
             executor, self._executor = self._executor, None
             if self._handlers_running:
                 # A handler thread outlived the deadline (its message was abandoned): its
@@ -568,14 +579,10 @@ class Worker:
             error: BaseException | None = handling.error
             if isinstance(result, Outcome):
                 outcome = result
+                log_outcome(log, handling.context, outcome, handling.decision, handling.error)
             else:
                 outcome, error = Outcome.SETTLE_FAILED, error or result
-                log.warning(
-                    "settling %s on %s failed",
-                    handling.context.message_id,
-                    entity.path,
-                    exc_info=result,
-                )
+                log_outcome(log, handling.context, outcome, handling.decision, result)
             handling.renewal.release(handling.event)
             entity.inflight -= 1
             self._hook(
