@@ -7,6 +7,7 @@ Elapsed times are generous upper bounds where the old behaviour took 15 s to for
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import threading
@@ -24,9 +25,11 @@ from claimcheck_bus import (
     BusSettings,
     ClaimCheckBus,
     ConfigurationError,
+    PayloadUnavailableError,
     SendTimeoutError,
 )
 from claimcheck_bus.emulator import Emulator
+from claimcheck_bus.testing.azurite import connection_string_for
 from claimcheck_bus.testing.servicebus import default_test_config
 
 RIGHT_KEY = "the-namespace-key-c2VjcmV0"
@@ -197,3 +200,66 @@ async def test_a_frozen_broker_fails_publish_after_the_send_timeout_async(
     assert 1.0 < publish_took < 10
     assert time.monotonic() - started < 20
     assert_names_the_namespace_and_timeout(timed_out.value, frozen_broker)
+
+
+# -- storage refusing connections ---------------------------------------------------------------
+
+STORAGE_KEY = base64.b64encode(b"an account key that must not leak" * 2).decode()
+
+
+@pytest.fixture
+def refused_storage(
+    servicebus: Any, fresh_queue: str, monkeypatch: pytest.MonkeyPatch, clean_env: None
+) -> tuple[BusSettings, str]:
+    """Settings whose storage endpoint refuses connections (a closed port), and that endpoint."""
+    with socket.socket() as probe:  # nothing listens on this port once it is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
+    variables = {
+        "CLAIMCHECK_SERVICE_BUS__CONNECTION_STRING": str(servicebus.connection_string),
+        "CLAIMCHECK_SERVICE_BUS__DEFAULT_QUEUE_NAME": fresh_queue,
+        "CLAIMCHECK_CLAIM_CHECK__BLOB_STORAGE__CONNECTION_STRING": connection_string_for(
+            endpoint, STORAGE_KEY
+        ),
+        "CLAIMCHECK_CLAIM_CHECK__ALWAYS": "true",
+    }
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    return BusSettings(), endpoint
+
+
+def assert_names_the_storage_endpoint(error: PayloadUnavailableError, endpoint: str) -> None:
+    text = str(error)
+    assert f"payload container creation at {endpoint} failed" in text
+    assert "CLAIMCHECK_CLAIM_CHECK__BLOB_STORAGE__CONNECTION_STRING" in text
+    assert STORAGE_KEY not in shown(error)
+    assert "sig=" not in shown(error)
+
+
+def test_storage_refusing_connections_fails_a_publish_within_seconds(
+    refused_storage: tuple[BusSettings, str], servicebus: Any
+) -> None:
+    settings, endpoint = refused_storage
+    with ClaimCheckBus(settings) as bus:
+        started = time.monotonic()
+        with pytest.raises(PayloadUnavailableError) as unavailable:
+            bus.publish({"n": 1}, event_type="Ping")
+        took = time.monotonic() - started
+    assert took < 10  # 81 s before, with the SDK's default retries
+    assert_names_the_storage_endpoint(unavailable.value, endpoint)
+    queue = str(settings.service_bus.default_queue_name)
+    assert servicebus.call(lambda broker: broker.peek(queue, 0, 10)) == []
+
+
+async def test_storage_refusing_connections_fails_a_publish_within_seconds_async(
+    refused_storage: tuple[BusSettings, str],
+) -> None:
+    settings, endpoint = refused_storage
+    async with AsyncClaimCheckBus(settings) as bus:
+        started = time.monotonic()
+        with pytest.raises(PayloadUnavailableError) as unavailable:
+            await bus.publish({"n": 1}, event_type="Ping")
+        took = time.monotonic() - started
+    assert took < 10
+    assert_names_the_storage_endpoint(unavailable.value, endpoint)
