@@ -35,6 +35,9 @@ def failure(error: BaseException, *, uses_connection_string: bool = True) -> obj
         ServiceBusAuthenticationError(message=None, condition=b"amqp:client-error"),
         # What it raises for a link refused with amqp:unauthorized-access.
         ServiceBusAuthorizationError(message="Unauthorized", condition=b"amqp:unauthorized-access"),
+        # A connection closed with that condition, or with Service Bus's own auth-failed.
+        ServiceBusConnectionError(message="closed", condition=b"amqp:unauthorized-access"),
+        ServiceBusError(message="refused", condition=b"com.microsoft:auth-failed"),
     ],
 )
 def test_a_refused_credential_is_a_configuration_error_naming_the_setting(

@@ -116,6 +116,13 @@ def _shut_down_socket(sender: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+def error_condition(error: BaseException) -> str | None:
+    """The AMQP error condition an SDK error carries (e.g. ``amqp:unauthorized-access``)."""
+    # ServiceBusError keeps it decoded, but only as a private attribute (and in its text).
+    condition = getattr(error, "_condition", None)
+    return str(condition) if condition else None
+
+
 def build_message(
     body: bytes,
     *,

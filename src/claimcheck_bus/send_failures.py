@@ -13,14 +13,20 @@ from azure.servicebus.exceptions import (
     OperationTimeoutError,
     ServiceBusAuthenticationError,
     ServiceBusAuthorizationError,
+    ServiceBusError,
 )
 
+from claimcheck_bus._sdk import error_condition
 from claimcheck_bus.errors import ClaimCheckBusError, ConfigurationError, SendTimeoutError
 from claimcheck_bus.settings import env_var, redact_secrets
 
 CONNECTION_STRING = "service_bus.connection_string"
 NAMESPACE = "service_bus.fully_qualified_namespace"
 SEND_TIMEOUT = "service_bus.send_timeout_seconds"
+
+#: Conditions that refuse a credential, whichever SDK error class carries them (a connection
+#: closed with one of them becomes a ServiceBusConnectionError, for instance).
+CREDENTIAL_REFUSALS = frozenset({"amqp:unauthorized-access", "com.microsoft:auth-failed"})
 
 
 def is_credential_refusal(error: BaseException) -> bool:
@@ -29,9 +35,12 @@ def is_credential_refusal(error: BaseException) -> bool:
     ``ServiceBusAuthenticationError`` is the SDK's error for a refused put-token (a key or token
     the namespace does not accept, whatever the condition: real namespaces and the emulator
     answer 401, which the SDK reports as ``amqp:client-error``); ``ServiceBusAuthorizationError``
-    for ``amqp:unauthorized-access`` (a valid token without the rights the link needs).
+    for ``amqp:unauthorized-access`` (a valid token without the rights the link needs). Any
+    SDK error carrying one of :data:`CREDENTIAL_REFUSALS` counts too.
     """
-    return isinstance(error, (ServiceBusAuthenticationError, ServiceBusAuthorizationError))
+    if isinstance(error, (ServiceBusAuthenticationError, ServiceBusAuthorizationError)):
+        return True
+    return isinstance(error, ServiceBusError) and error_condition(error) in CREDENTIAL_REFUSALS
 
 
 def is_timeout(error: BaseException) -> bool:
