@@ -8,11 +8,13 @@ Elapsed times are generous upper bounds where the old behaviour took 15 s to for
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,11 +144,73 @@ async def test_a_wrong_key_is_a_configuration_error_within_seconds_async(
 
 @pytest.mark.usefixtures("clean_env")
 def test_the_right_key_still_publishes(keyed_emulator: Emulator) -> None:
+    ids = [f"right-key-{uuid.uuid4()}" for _ in range(2)]
     with ClaimCheckBus(settings_for(keyed_emulator.connection_string)) as bus:
-        bus.publish({"n": 1}, event_type="Ping", message_id="right-key")
-        bus.publish({"n": 2}, event_type="Ping")  # the probe ran once; the sender is kept
-    peeked = keyed_emulator.call(lambda broker: broker.peek("test-queue", 0, 10))
-    assert len(peeked) == 2
+        for message_id in ids:  # the probe runs once; the sender is kept
+            bus.publish({"n": 1}, event_type="Ping", message_id=message_id)
+    peeked = keyed_emulator.call(lambda broker: broker.peek("test-queue", 0, 100))
+    for message_id in ids:
+        assert any(message_id.encode() in m.bare for m in peeked)
+
+
+@pytest.fixture
+def flaky_proxy(keyed_emulator: Emulator) -> Iterator[tuple[str, list[str]]]:
+    """``host:port`` of a TCP proxy to the emulator that drops the first connection it accepts
+    (an injected fault), and the fate of each connection."""
+    target = keyed_emulator.connection_string.split("sb://", 1)[1].split(";", 1)[0]
+    host, port = target.rsplit(":", 1)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    fates: list[str] = []
+    sockets: list[socket.socket] = []
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            if not fates:
+                fates.append("dropped")
+                client.close()
+                continue
+            fates.append("forwarded")
+            upstream = socket.create_connection((host, int(port)))
+            sockets.extend((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(source, sink), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}", fates
+    server.shutdown(socket.SHUT_RDWR)
+    server.close()
+    for open_socket in sockets:
+        open_socket.close()
+    thread.join(5)
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_a_transient_failure_of_the_first_link_is_still_retried(
+    keyed_emulator: Emulator, flaky_proxy: tuple[str, list[str]]
+) -> None:
+    address, fates = flaky_proxy
+    proxied = keyed_emulator.connection_string.replace(
+        keyed_emulator.connection_string.split("sb://", 1)[1].split(";", 1)[0], address
+    )
+    with ClaimCheckBus(settings_for(proxied)) as bus:
+        bus.publish({"n": 1}, event_type="Ping", message_id="after-a-dropped-connection")
+    assert fates[0] == "dropped"  # the probe's connection, which does not retry
+    peeked = keyed_emulator.call(lambda broker: broker.peek("test-queue", 0, 100))
+    assert any(b"after-a-dropped-connection" in m.bare for m in peeked)
 
 
 # -- a frozen broker ----------------------------------------------------------------------------

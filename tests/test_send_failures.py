@@ -14,7 +14,7 @@ from azure.servicebus.exceptions import (
 )
 
 from claimcheck_bus.errors import ConfigurationError, SendTimeoutError
-from claimcheck_bus.send_failures import is_credential_refusal, send_failure
+from claimcheck_bus.send_failures import is_credential_refusal, retry_after_probe, send_failure
 
 
 def failure(error: BaseException, *, uses_connection_string: bool = True) -> object:
@@ -95,3 +95,13 @@ def test_a_timeout_names_the_namespace_the_entity_and_the_setting(error: BaseExc
 def test_other_errors_are_left_as_the_sdk_raised_them(error: BaseException) -> None:
     assert not is_credential_refusal(error)
     assert failure(error) is None
+
+
+def test_only_transient_sdk_errors_open_the_link_again_after_a_probe() -> None:
+    assert retry_after_probe(ServiceBusConnectionError(message="connection reset"))
+    assert retry_after_probe(ServiceBusError(message="server busy"))
+    assert not retry_after_probe(ServiceBusAuthenticationError())
+    assert not retry_after_probe(ServiceBusConnectionError(condition=b"amqp:unauthorized-access"))
+    assert not retry_after_probe(OperationTimeoutError())
+    assert not retry_after_probe(TimeoutError())
+    assert not retry_after_probe(ValueError("a bug, not the network"))

@@ -48,6 +48,17 @@ def is_timeout(error: BaseException) -> bool:
     return isinstance(error, (OperationTimeoutError, TimeoutError))
 
 
+def retry_after_probe(error: BaseException) -> bool:
+    """Whether a link that a probe (one attempt, no retries) failed to open is worth opening
+    again with the SDK's retries: a transient SDK error, not a refused credential nor a
+    namespace that stayed silent for the whole send timeout."""
+    return (
+        isinstance(error, ServiceBusError)
+        and not is_credential_refusal(error)
+        and not is_timeout(error)
+    )
+
+
 def send_failure(
     error: BaseException,
     *,

@@ -36,7 +36,7 @@ from claimcheck_bus.claim_check.rehydration import EventView, decode, incoming_f
 from claimcheck_bus.claim_check.wire import Route
 from claimcheck_bus.errors import BatchPublishError
 from claimcheck_bus.payloads.download import DownloadPolicy
-from claimcheck_bus.send_failures import send_failure
+from claimcheck_bus.send_failures import retry_after_probe, send_failure
 from claimcheck_bus.settings import BusSettings
 
 T = TypeVar("T")
@@ -239,22 +239,32 @@ class AsyncClaimCheckBus:
             await sender.cancel_scheduled_messages(sequence_number, timeout=self._send_timeout)
 
     async def _sender(self, entity: Entity) -> ServiceBusSender:
-        """The entity's sender, once a probe has opened a link to it (and read its size limit).
-
-        The probe has no retries, so that a refused credential fails now rather than after the
-        SDK's retries, which treat it as transient; later calls keep them.
-        """
-        if entity.name not in self._limits:
-            # No keep-alive thread: closing the probe would wait for it to wake up.
-            probe = self._new_sender(self._probe_client, entity, keep_alive=0)
-            with self._failures("opening a link to", entity):
-                # sync-only: limit = _sdk.probe_link(probe, self._send_timeout)
-                limit = await _sdk.probe_link_async(probe)  # async-only
-            self._limits[entity.name] = limit
+        """The entity's sender, once a link to it has been opened and its size limit read."""
         sender = self._senders.get(entity.name)
         if sender is None:
             sender = self._senders[entity.name] = self._new_sender(self._send_client, entity)
+        if entity.name not in self._limits:
+            with self._failures("opening a link to", entity):
+                self._limits[entity.name] = await self._link_limit(entity, sender)
         return sender
+
+    async def _link_limit(self, entity: Entity, sender: ServiceBusSender) -> int:
+        """The entity's largest message, read by a probe that opens a link once without
+        retries: a refused credential fails now, not after the SDK's retries (which treat it
+        as transient), and a silent namespace after the send timeout. After another failure
+        the sender itself opens the link, with the SDK's retries."""
+        # No keep-alive thread: closing the probe would wait for it to wake up.
+        probe = self._new_sender(self._probe_client, entity, keep_alive=0)
+        try:
+            # sync-only: return _sdk.probe_link(probe, self._send_timeout)
+            return await _sdk.probe_link_async(probe)  # async-only
+        except Exception as error:
+            if not retry_after_probe(error):
+                raise
+            log.info(
+                "opening a link to %s failed (%s); retrying", entity.name, type(error).__name__
+            )
+        return await _sdk.max_message_size_async(sender)
 
     @staticmethod
     def _new_sender(client: ServiceBusClient, entity: Entity, **options: Any) -> ServiceBusSender:
