@@ -344,3 +344,59 @@ def test_redact_secrets() -> None:
         == "https://a/c/b?sv=1&sig=REDACTED&se=2"
     )
     assert ACCOUNT_KEY not in redact_secrets(BLOB_CONN)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        (
+            {
+                "service_bus": {"connection_string": SB_CONN.replace("sb://", "")},
+                "claim_check": STORAGE,
+            },
+            "service_bus.connection_string (CLAIMCHECK_SERVICE_BUS__CONNECTION_STRING) is "
+            "malformed: its Endpoint is not a URL",
+        ),
+        (
+            {
+                "service_bus": NAMESPACE,
+                "claim_check": {
+                    "blob_storage": {"connection_string": BLOB_CONN.replace("AccountName", "Acct")}
+                },
+            },
+            "claim_check.blob_storage.connection_string "
+            "(CLAIMCHECK_CLAIM_CHECK__BLOB_STORAGE__CONNECTION_STRING) is malformed: it has no "
+            "AccountName and AccountKey",
+        ),
+    ],
+)
+def test_a_malformed_connection_string_fails_when_settings_load(
+    config_dir: Path, kwargs: dict[str, object], setting: str
+) -> None:
+    text = error_text(config_dir, **kwargs)
+    assert setting in text
+    assert SB_KEY not in text
+    assert ACCOUNT_KEY not in text
+
+
+def test_a_malformed_connection_string_from_the_environment_is_not_echoed(
+    config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pasted_key_only = f"SharedAccessKey={SB_KEY}"
+    monkeypatch.setenv("CLAIMCHECK_SERVICE_BUS__CONNECTION_STRING", pasted_key_only)
+    text = error_text(config_dir, claim_check={"enabled": False})
+    assert "service_bus.connection_string" in text
+    assert "it has no Endpoint" in text
+    assert SB_KEY not in text
+
+
+def test_the_send_timeout_is_a_setting(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert BusSettings(service_bus=NAMESPACE, claim_check=STORAGE).service_bus.send_timeout_seconds
+    monkeypatch.setenv("CLAIMCHECK_SERVICE_BUS__SEND_TIMEOUT_SECONDS", "2.5")
+    settings = BusSettings(service_bus=NAMESPACE, claim_check=STORAGE)
+    assert settings.service_bus.send_timeout_seconds == 2.5
+    for bad in ("0", "-1", "nan", "inf"):
+        monkeypatch.setenv("CLAIMCHECK_SERVICE_BUS__SEND_TIMEOUT_SECONDS", bad)
+        assert "CLAIMCHECK_SERVICE_BUS__SEND_TIMEOUT_SECONDS" in error_text(
+            config_dir, service_bus=NAMESPACE, claim_check=STORAGE
+        )

@@ -24,6 +24,7 @@ from claimcheck_bus.errors import (
     PayloadNotFoundError,
     PayloadTooLargeError,
     PayloadUnavailableError,
+    SendTimeoutError,
     TimeToLiveTooLongError,
     UntrustedPayloadUrlError,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "PublishReceipt",
     "ReceivedEvent",
     "Route",
+    "SendTimeoutError",
     "TimeToLiveTooLongError",
     "UntrustedPayloadUrlError",
     "__version__",

@@ -3,11 +3,18 @@ touches one file (and the tests in ``tests/test_sdk_contract.py`` say which assu
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
+import threading
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch
+from azure.servicebus.exceptions import OperationTimeoutError
+
+_log = logging.getLogger(__name__)
 
 
 def amqp_long(value: int) -> Any:
@@ -52,6 +59,68 @@ async def max_message_size_async(sender: Any) -> int:
     batch = await sender.create_message_batch()
     limit = getattr(sender, "_max_message_size_on_link", None)
     return int(limit) if isinstance(limit, int) and limit > 0 else int(batch.max_size_in_bytes)
+
+
+async def probe_link_async(sender: Any) -> int:
+    """Open ``sender``'s link, return :func:`max_message_size`, and close the sender.
+
+    Bounded by the sender's own ``try_timeout``: the async SDK can interrupt every step of
+    opening a link."""
+    try:
+        return await max_message_size_async(sender)
+    finally:
+        await sender.close()
+
+
+def probe_link(sender: Any, timeout: float) -> int:
+    """:func:`probe_link_async` for a sync sender, given up after ``timeout`` seconds.
+
+    The sync SDK cannot interrupt the start of a connection (its SASL exchange reads a blocking
+    socket without a timeout), so a namespace that accepts connections and never answers would
+    hold the caller for good. The probe runs in a helper thread; at the deadline its socket is
+    shut down, which ends the helper's read, and ``OperationTimeoutError`` is raised.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, max_message_size(sender)))
+        except BaseException as error:  # handed to the caller below
+            outcome.append((False, error))
+        finally:
+            try:
+                sender.close()
+            except Exception:  # the outcome above is what counts
+                _log.debug("closing a probe sender failed", exc_info=True)
+
+    helper = threading.Thread(target=run, name="claimcheck-bus-link-probe", daemon=True)
+    helper.start()
+    helper.join(timeout)
+    if helper.is_alive():
+        _shut_down_socket(sender)
+        helper.join(1.0)
+        raise OperationTimeoutError(message=f"No answer within {timeout:g} s to opening a link.")
+    succeeded, value = outcome[0]
+    if succeeded:
+        return int(value)
+    raise value
+
+
+def _shut_down_socket(sender: Any) -> None:
+    # The SDK keeps the connection's socket three private attributes deep; without it the
+    # helper thread stays blocked until the namespace closes the connection.
+    connection = getattr(getattr(sender, "_handler", None), "_connection", None)
+    sock = getattr(getattr(connection, "_transport", None), "sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):  # already closed by the helper or the namespace
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def error_condition(error: BaseException) -> str | None:
+    """The AMQP error condition an SDK error carries (e.g. ``amqp:unauthorized-access``)."""
+    # ServiceBusError keeps it decoded, but only as a private attribute (and in its text).
+    condition = getattr(error, "_condition", None)
+    return str(condition) if condition else None
 
 
 def build_message(

@@ -25,6 +25,14 @@ class ConfigurationError(ClaimCheckBusError, ValueError):
     """
 
 
+class SendTimeoutError(ClaimCheckBusError, TimeoutError):
+    """Service Bus did not answer a send within ``service_bus.send_timeout_seconds``.
+
+    The message names the namespace and the entity. A message whose send timed out may still
+    have been enqueued: retry with the same message id where consumers are idempotent.
+    """
+
+
 class BatchPublishError(ClaimCheckBusError):
     """A batch publish stopped part-way; ``published`` lists what was sent before it failed.
 

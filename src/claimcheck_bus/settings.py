@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +33,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from claimcheck_bus.connection_strings import (
+    service_bus_connection_string_problems,
+    storage_connection_string_problems,
+)
 from claimcheck_bus.errors import ConfigurationError
 
 ENV_PREFIX = "CLAIMCHECK_"
@@ -80,6 +86,23 @@ def env_var(setting: str) -> str:
     return ENV_PREFIX + setting.replace(".", "__").upper()
 
 
+def _well_formed(
+    value: SecretStr | None, setting: str, problems_of: Callable[[str], list[str]]
+) -> SecretStr | None:
+    # Raised as ConfigurationError (a ValueError): pydantic reports it under the setting, and
+    # hide_input_in_errors keeps the connection string out of the report.
+    problems = problems_of(value.get_secret_value()) if value is not None else []
+    if problems:
+        raise ConfigurationError(f"{_named(setting)} is malformed: " + " ".join(problems))
+    return value
+
+
+def _positive(value: float, setting: str) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigurationError(f"{_named(setting)}: {value} must be a number above 0.")
+    return value
+
+
 class _Section(BaseModel):
     # Inputs may hold secrets: never echo them in validation errors.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
@@ -94,6 +117,21 @@ class ServiceBusSettings(_Section):
     """``<namespace>.servicebus.windows.net``; authenticates with azure-identity."""
     default_queue_name: str | None = None
     """The queue used when a call names no entity."""
+    send_timeout_seconds: float = 30.0
+    """How long one ``publish`` (or ``publish_batch`` send, or ``cancel_scheduled``) may wait
+    for the namespace, the SDK's retries included; then it fails with ``SendTimeoutError``."""
+
+    @field_validator("connection_string")
+    @classmethod
+    def _connection_string_is_well_formed(cls, value: SecretStr | None) -> SecretStr | None:
+        return _well_formed(
+            value, "service_bus.connection_string", service_bus_connection_string_problems
+        )
+
+    @field_validator("send_timeout_seconds")
+    @classmethod
+    def _send_timeout_is_positive(cls, value: float) -> float:
+        return _positive(value, "service_bus.send_timeout_seconds")
 
 
 class BlobStorageSettings(_Section):
@@ -104,8 +142,18 @@ class BlobStorageSettings(_Section):
     account_url: str | None = None
     """``https://<account>.blob.core.windows.net``; authenticates with azure-identity."""
     retry_total: int | None = None
-    """Retries of the storage SDK on transient failures (unset: the SDK's 10, with backoff,
-    which keeps a publish waiting about 90 s when storage is down)."""
+    """Retries of the storage SDK on transient failures (unset: the SDK's 10). A connection
+    that cannot be made is retried at most 3 times within about 4 s; HTTP 5xx and 429 answers
+    keep the SDK's longer backoff."""
+
+    @field_validator("connection_string")
+    @classmethod
+    def _connection_string_is_well_formed(cls, value: SecretStr | None) -> SecretStr | None:
+        return _well_formed(
+            value,
+            "claim_check.blob_storage.connection_string",
+            storage_connection_string_problems,
+        )
 
 
 class ClaimCheckSettings(_Section):

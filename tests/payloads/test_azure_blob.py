@@ -23,6 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.pipeline.policies import RequestHistory
+from azure.core.rest import HttpRequest
 from azure.storage.blob import BlobServiceClient
 
 from claimcheck_bus.errors import (
@@ -35,6 +38,9 @@ from claimcheck_bus.payloads import AsyncAzureBlobPayloadStore, AzureBlobPayload
 from claimcheck_bus.payloads.azure_blob import (
     ASYNC_MAX_SINGLE_PUT_SIZE,
     client_options,
+    connection_failed,
+    retry_backoff,
+    split_retry_options,
     upload_body,
 )
 from claimcheck_bus.payloads.store import (
@@ -143,6 +149,28 @@ def test_the_async_client_sends_larger_payloads_in_blocks_unless_told_otherwise(
         "max_single_put_size": 1
     }
     assert client_options({"retry_total": 0}, asynchronous=False) == {"retry_total": 0}
+
+
+def test_failed_connections_are_retried_within_seconds_and_busy_answers_as_the_sdk_says() -> None:
+    waits = [retry_backoff(n, True, sdk_backoff=15.0) for n in (1, 2, 3)]
+    assert waits == [0.5, 1.0, 2.0]
+    assert sum(waits) < 4  # the SDK's own waits added up to about 84 s
+    assert retry_backoff(2, False, sdk_backoff=18.0) == 18.0
+
+
+def test_a_failed_connection_is_told_from_an_http_answer_by_the_last_attempt() -> None:
+    request = HttpRequest("GET", "http://127.0.0.1:1/")
+    refused = RequestHistory(request, error=ServiceRequestError("refused"))
+    answered = RequestHistory(request, error=ServiceResponseError("reset mid-answer"))
+    assert connection_failed({"history": [answered, refused]})
+    assert not connection_failed({"history": [refused, answered]})
+    assert not connection_failed({"history": []})
+
+
+def test_retry_options_go_to_the_retry_policy() -> None:
+    retry, rest = split_retry_options({"retry_total": 2, "max_single_put_size": 1})
+    assert retry == {"retry_total": 2}
+    assert rest == {"max_single_put_size": 1}
 
 
 # --- container ----------------------------------------------------------------------------------

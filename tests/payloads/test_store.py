@@ -391,6 +391,27 @@ def test_a_credential_failure_before_any_request_is_access_denied() -> None:
     assert "Storage Blob Data Contributor" in str(error)
 
 
+def test_an_unreachable_or_refusing_storage_names_the_endpoint_and_the_setting() -> None:
+    where = {
+        "blob_path": "c/b",
+        "endpoint": "http://127.0.0.1:1/devstoreaccount1",
+        "setting": "claim_check.blob_storage.connection_string",
+    }
+    for error in (
+        storage_error("upload", None, None, "ServiceRequestError", **where),
+        storage_error("upload", 403, "AuthenticationFailed", "HttpResponseError", **where),
+    ):
+        text = str(error)
+        assert "payload upload at http://127.0.0.1:1/devstoreaccount1 failed" in text
+        assert "Check claim_check.blob_storage.connection_string " in text
+        assert "(CLAIMCHECK_CLAIM_CHECK__BLOB_STORAGE__CONNECTION_STRING)" in text
+    assert "could not be reached" in str(storage_error("read", None, None, "X", **where))
+    # A busy service is where it should be: the endpoint and the setting are not the problem.
+    busy = str(storage_error("read", 503, "ServerBusy", "HttpResponseError", **where))
+    assert "127.0.0.1" not in busy
+    assert "claim_check.blob_storage" not in busy
+
+
 def test_container_creation_races_and_missing_rights_are_not_fatal() -> None:
     assert not container_create_is_fatal(409, "ContainerAlreadyExists")
     assert not container_create_is_fatal(403, "AuthorizationPermissionMismatch")

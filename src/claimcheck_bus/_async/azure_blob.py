@@ -11,17 +11,22 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import ContentSettings
-from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
 from claimcheck_bus.errors import ConfigurationError
 from claimcheck_bus.payloads.azure_blob import (
+    ACCOUNT_URL_SETTING,
+    CONNECTION_STRING_SETTING,
     DEFAULT_CONTAINER,
     UPLOAD_CONCURRENCY,
     BlobStoreCore,
     account_key_of,
     client_options,
+    connection_failed,
     endpoint_of,
     error_code_of,
+    retry_backoff,
+    split_retry_options,
     status_of,
     upload_body,
 )
@@ -43,6 +48,25 @@ if TYPE_CHECKING:
 _log = logging.getLogger("claimcheck_bus.payloads")
 
 
+class AsyncStorageRetry(ExponentialRetry):
+    """The storage SDK's exponential retry, with short waits after failed connections
+    (:func:`~claimcheck_bus.payloads.azure_blob.retry_backoff`)."""
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        """The SDK's backoff, or a short one when the last attempt could not connect."""
+        return retry_backoff(
+            settings["count"], connection_failed(settings), super().get_backoff_time(settings)
+        )
+
+
+def _sdk_options(client_kwargs: dict[str, Any]) -> dict[str, Any]:
+    options = client_options(client_kwargs, asynchronous=True)
+    if "retry_policy" in options:
+        return options
+    retry, rest = split_retry_options(options)
+    return {**rest, "retry_policy": AsyncStorageRetry(**retry)}
+
+
 class AsyncAzureBlobPayloadStore(BlobStoreCore):
     """Payloads in an Azure Blob Storage container (safe to share between threads in sync
     code, and between tasks of one event loop in async code)."""
@@ -54,11 +78,17 @@ class AsyncAzureBlobPayloadStore(BlobStoreCore):
         *,
         account_key: str | None = None,
         owned_credential: Any = None,
+        setting: str | None = None,
     ) -> None:
         """Use ``service``; ``account_key`` signs account-key SAS, without it the service's
-        token credential gets user-delegation keys. ``owned_credential`` is closed with us."""
+        token credential gets user-delegation keys. ``owned_credential`` is closed with us.
+        ``setting`` names where the account came from, for errors."""
         super().__init__(
-            container_name, endpoint_of(service.url), service.account_name or "", account_key
+            container_name,
+            endpoint_of(service.url),
+            service.account_name or "",
+            account_key,
+            setting,
         )
         self._service = service
         self._container = service.get_container_client(container_name)
@@ -73,9 +103,11 @@ class AsyncAzureBlobPayloadStore(BlobStoreCore):
         """A store that signs account-key SAS; ``client_kwargs`` go to the SDK client."""
         _, account_key = account_key_of(connection_string)
         service = BlobServiceClient.from_connection_string(
-            connection_string, **client_options(client_kwargs, asynchronous=True)
+            connection_string, **_sdk_options(client_kwargs)
         )
-        return cls(service, container_name, account_key=account_key)
+        return cls(
+            service, container_name, account_key=account_key, setting=CONNECTION_STRING_SETTING
+        )
 
     @classmethod
     def from_account_url(
@@ -94,9 +126,9 @@ class AsyncAzureBlobPayloadStore(BlobStoreCore):
 
             credential = owned = DefaultAzureCredential()
         service = BlobServiceClient(
-            account_url, credential=credential, **client_options(client_kwargs, asynchronous=True)
+            account_url, credential=credential, **_sdk_options(client_kwargs)
         )
-        return cls(service, container_name, owned_credential=owned)
+        return cls(service, container_name, owned_credential=owned, setting=ACCOUNT_URL_SETTING)
 
     @classmethod
     def from_settings(

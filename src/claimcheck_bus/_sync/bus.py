@@ -8,6 +8,7 @@ the decisions are in :mod:`claimcheck_bus.claim_check`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 from collections.abc import Iterable, Iterator
@@ -19,6 +20,7 @@ from typing import Any, BinaryIO, TypeVar
 from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
+    ServiceBusMessageBatch,
     ServiceBusReceiver,
     ServiceBusSender,
     ServiceBusSubQueue,
@@ -39,6 +41,7 @@ from claimcheck_bus.claim_check.rehydration import EventView, decode, incoming_f
 from claimcheck_bus.claim_check.wire import Route
 from claimcheck_bus.errors import BatchPublishError
 from claimcheck_bus.payloads.budget import PayloadHold
+from claimcheck_bus.send_failures import retry_after_probe, send_failure
 from claimcheck_bus.settings import BusSettings
 
 T = TypeVar("T")
@@ -55,6 +58,11 @@ class ClaimCheckBus:
 
     ``socket_timeout`` is the SDK receivers' own: how long one read of the connection waits
     for a frame (0.2 s by default), so a receive from an empty entity lasts at least that long.
+
+    Publishing waits at most ``service_bus.send_timeout_seconds`` for the namespace, then
+    raises :class:`SendTimeoutError`. The first publish to each entity opens a link once
+    without the SDK's retries, so that refused credentials raise :class:`ConfigurationError`
+    at once (naming the setting) instead of after about 15 s of retries.
     """
 
     def __init__(
@@ -76,12 +84,16 @@ class ClaimCheckBus:
         self.settings = self._core.settings
         self._store = store
         sb = self.settings.service_bus
-        self._client = (
-            ServiceBusClient.from_connection_string(sb.connection_string.get_secret_value())
-            if sb.connection_string is not None
-            else ServiceBusClient(
-                str(sb.fully_qualified_namespace), credential or default_credential()
-            )
+        if sb.connection_string is None:
+            credential = credential or default_credential()
+        self._send_timeout = sb.send_timeout_seconds
+        self._client = self._new_client(credential)
+        # A client sets its handlers' retries and attempt timeout, so senders get their own:
+        # every attempt to open a link or send is bounded by the send timeout, and probes
+        # (see _sender) do not retry.
+        self._send_client = self._new_client(credential, try_timeout=self._send_timeout)
+        self._probe_client = self._new_client(
+            credential, try_timeout=self._send_timeout, retry_total=0
         )
         self._payloads = PayloadReader(
             self._core.policy, downloader_for(self.settings.claim_check), store
@@ -111,7 +123,8 @@ class ClaimCheckBus:
                 log.warning("closing a Service Bus handler failed", exc_info=True)
         self._senders.clear()
         self._receivers.clear()
-        self._client.close()
+        for client in (self._client, self._send_client, self._probe_client):
+            client.close()
         self._payloads.close()
 
     # -- publishing ------------------------------------------------------------------------
@@ -149,13 +162,13 @@ class ClaimCheckBus:
         )
         publication = self._core.prepare(event, entity.name, options)
         sender = self._sender(entity)
-        route, size = self._core.route(publication, self._limit(entity))
+        route, size = self._core.route(publication, self._limits[entity.name])
         if route is Route.INLINE:
-            number = self._send(sender, publication.inline(), scheduled_enqueue_time)
+            number = self._send(entity, sender, publication.inline(), scheduled_enqueue_time)
             return publication.receipt(route, size, sequence_number=number)
         message = self._upload(publication)
         try:
-            number = self._send(sender, message, scheduled_enqueue_time)
+            number = self._send(entity, sender, message, scheduled_enqueue_time)
         except BaseException:
             self._discard([publication])
             raise
@@ -183,13 +196,14 @@ class ClaimCheckBus:
             application_properties=application_properties,
         )
         sender = self._sender(entity)
+        limit = self._limits[entity.name]
         published: list[PublishReceipt] = []
         pending: list[tuple[Publication, PublishReceipt]] = []
         batch = sender.create_message_batch()
         try:
             for event in events:
                 publication = self._core.prepare(event, entity.name, options)
-                route, size = self._core.route(publication, self._limit(entity))
+                route, size = self._core.route(publication, limit)
                 message = (
                     publication.inline() if route is Route.INLINE else self._upload(publication)
                 )
@@ -198,17 +212,17 @@ class ClaimCheckBus:
                     continue
                 pending.pop()
                 if len(batch):
-                    sender.send_messages(batch)
+                    self._send(entity, sender, batch, None)
                     published.extend(receipt for _, receipt in pending)
                     pending.clear()
                     batch = sender.create_message_batch()
                 pending.append((publication, publication.receipt(route, size)))
                 if not _fits(batch, message):
                     # Larger than a batch may be (Premium: 1 MB batches, 100 MB messages).
-                    sender.send_messages(message)
+                    self._send(entity, sender, message, None)
                     published.append(pending.pop()[1])
             if len(batch):
-                sender.send_messages(batch)
+                self._send(entity, sender, batch, None)
                 published.extend(receipt for _, receipt in pending)
                 pending.clear()
         except BaseException as error:
@@ -221,24 +235,67 @@ class ClaimCheckBus:
     ) -> None:
         """Cancel a scheduled message by the sequence number its receipt carries."""
         entity = resolve_entity(self.settings, queue=queue, topic=topic)
-        self._sender(entity).cancel_scheduled_messages(sequence_number)
+        sender = self._sender(entity)
+        with self._failures("cancelling a scheduled message on", entity):
+            sender.cancel_scheduled_messages(sequence_number, timeout=self._send_timeout)
 
     def _sender(self, entity: Entity) -> ServiceBusSender:
+        """The entity's sender, once a link to it has been opened and its size limit read."""
         sender = self._senders.get(entity.name)
         if sender is None:
-            get = (
-                self._client.get_topic_sender
-                if entity.kind == "topic"
-                else self._client.get_queue_sender
-            )
-            sender = self._senders[entity.name] = get(entity.name)
+            sender = self._senders[entity.name] = self._new_sender(self._send_client, entity)
+        if entity.name not in self._limits:
+            with self._failures("opening a link to", entity):
+                self._limits[entity.name] = self._link_limit(entity, sender)
         return sender
 
-    def _limit(self, entity: Entity) -> int:
-        limit = self._limits.get(entity.name)
-        if limit is None:
-            limit = self._limits[entity.name] = _sdk.max_message_size(self._sender(entity))
-        return limit
+    def _link_limit(self, entity: Entity, sender: ServiceBusSender) -> int:
+        """The entity's largest message, read by a probe that opens a link once without
+        retries: a refused credential fails now, not after the SDK's retries (which treat it
+        as transient), and a silent namespace after the send timeout. After another failure
+        the sender itself opens the link, with the SDK's retries."""
+        # No keep-alive thread: closing the probe would wait for it to wake up.
+        probe = self._new_sender(self._probe_client, entity, keep_alive=0)
+        try:
+            return _sdk.probe_link(probe, self._send_timeout)
+        except Exception as error:
+            if not retry_after_probe(error):
+                raise
+            log.info(
+                "opening a link to %s failed (%s); retrying", entity.name, type(error).__name__
+            )
+        return _sdk.max_message_size(sender)
+
+    @staticmethod
+    def _new_sender(client: ServiceBusClient, entity: Entity, **options: Any) -> ServiceBusSender:
+        if entity.kind == "topic":
+            return client.get_topic_sender(entity.name, **options)
+        return client.get_queue_sender(entity.name, **options)
+
+    def _new_client(self, credential: Any, **options: Any) -> ServiceBusClient:
+        sb = self.settings.service_bus
+        if sb.connection_string is not None:
+            return ServiceBusClient.from_connection_string(
+                sb.connection_string.get_secret_value(), **options
+            )
+        return ServiceBusClient(str(sb.fully_qualified_namespace), credential, **options)
+
+    @contextlib.contextmanager
+    def _failures(self, action: str, entity: Entity) -> Iterator[None]:
+        try:
+            yield
+        except Exception as error:
+            translated = send_failure(
+                error,
+                action=action,
+                entity=entity.name,
+                namespace=self._client.fully_qualified_namespace,
+                uses_connection_string=self.settings.service_bus.connection_string is not None,
+                timeout=self._send_timeout,
+            )
+            if translated is None:
+                raise
+            raise translated from error
 
     def _upload(self, publication: Publication) -> ServiceBusMessage:
         assert self._store is not None  # the core routes to claim-check only with a store
@@ -251,14 +308,19 @@ class ClaimCheckBus:
             content_encoding=upload["content_encoding"],
         )
 
-    @staticmethod
     def _send(
-        sender: ServiceBusSender, message: ServiceBusMessage, scheduled: datetime | None
+        self,
+        entity: Entity,
+        sender: ServiceBusSender,
+        message: ServiceBusMessage | ServiceBusMessageBatch,
+        scheduled: datetime | None,
     ) -> int | None:
-        if scheduled is None:
-            sender.send_messages(message)
-            return None
-        return int((sender.schedule_messages(message, scheduled))[0])
+        with self._failures("sending to", entity):
+            if scheduled is None or isinstance(message, ServiceBusMessageBatch):
+                sender.send_messages(message, timeout=self._send_timeout)
+                return None
+            numbers = sender.schedule_messages(message, scheduled, timeout=self._send_timeout)
+            return int(numbers[0])
 
     def _discard(self, publications: list[Publication]) -> None:
         for publication in publications:

@@ -19,7 +19,12 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+)
 from azure.storage.blob import (
     BlobSasPermissions,
     UserDelegationKey,
@@ -53,6 +58,27 @@ DEFAULT_CONTAINER = "claim-check"
 #: The sync twin keeps the SDK's 64 MiB: requests sends the caller's bytes without a copy.
 ASYNC_MAX_SINGLE_PUT_SIZE = 8 * 2**20
 
+#: The settings a store built from settings takes its account from (named in errors).
+CONNECTION_STRING_SETTING = "claim_check.blob_storage.connection_string"
+ACCOUNT_URL_SETTING = "claim_check.blob_storage.account_url"
+
+#: Wait before the first retry of a connection that could not be made, doubled after each.
+#: The SDK waits 15 s and more (then 18, 24...): right for a busy service, but a refused or
+#: failed connection kept a publish waiting 90 s for an endpoint that is down or wrong.
+CONNECT_RETRY_BACKOFF = 0.5
+
+#: The storage SDK's retry options, which a retry policy object takes instead of the client.
+RETRY_OPTIONS = (
+    "retry_total",
+    "retry_connect",
+    "retry_read",
+    "retry_status",
+    "retry_to_secondary",
+    "initial_backoff",
+    "increment_base",
+    "random_jitter_range",
+)
+
 
 def client_options(client_kwargs: dict[str, Any], *, asynchronous: bool) -> dict[str, Any]:
     """The SDK client's options: the caller's, plus our defaults where the caller set none."""
@@ -62,14 +88,47 @@ def client_options(client_kwargs: dict[str, Any], *, asynchronous: bool) -> dict
     return {**defaults, **client_kwargs}
 
 
+def split_retry_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``options`` as (retry policy options, the rest): a client given a ``retry_policy``
+    ignores the retry options, so they go to the policy object."""
+    retry = {name: value for name, value in options.items() if name in RETRY_OPTIONS}
+    return retry, {name: value for name, value in options.items() if name not in RETRY_OPTIONS}
+
+
+def retry_backoff(retry_number: int, connection_failed: bool, sdk_backoff: float) -> float:
+    """Seconds to wait before retry ``retry_number`` (from 1) of a storage request.
+
+    A request that could not even connect (refused, unresolvable, connect timeout) is retried
+    after :data:`CONNECT_RETRY_BACKOFF` doubled each time (0.5, 1, 2 s: a blip passes, an
+    endpoint that is down fails within seconds); an HTTP answer asking to back off (5xx, 429)
+    keeps the SDK's ``sdk_backoff``.
+    """
+    if connection_failed:
+        return float(CONNECT_RETRY_BACKOFF * 2 ** max(retry_number - 1, 0))
+    return sdk_backoff
+
+
+def connection_failed(retry_settings: dict[str, Any]) -> bool:
+    """Whether the storage SDK's last failed attempt (in its retry ``settings``) never got an
+    HTTP answer: the SDK raises ``ServiceRequestError`` when it could not send the request."""
+    history = retry_settings.get("history") or []
+    return bool(history) and isinstance(getattr(history[-1], "error", None), ServiceRequestError)
+
+
 class BlobStoreCore:
     """What both twins share: the container, the endpoint, signing and error translation."""
 
     def __init__(
-        self, container_name: str, endpoint: str, account_name: str, account_key: str | None
+        self,
+        container_name: str,
+        endpoint: str,
+        account_name: str,
+        account_key: str | None,
+        setting: str | None = None,
     ) -> None:
         self.container_name = container_name
         self._endpoint = endpoint
+        self._setting = setting
         self._account_name = account_name
         self._account_key = account_key
         # One tuple, replaced whole, so a reader never pairs a key with another key's window.
@@ -149,6 +208,8 @@ class BlobStoreCore:
                 blob_path=self._blob_path(blob_name),
                 message_id=message_id,
                 authentication=isinstance(error, ClientAuthenticationError),
+                endpoint=self._endpoint,
+                setting=self._setting,
             ) from None
 
 

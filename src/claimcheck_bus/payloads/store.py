@@ -31,6 +31,7 @@ from claimcheck_bus.errors import (
     PayloadUnavailableError,
     TimeToLiveTooLongError,
 )
+from claimcheck_bus.settings import env_var
 
 #: A user-delegation key, and so any SAS it signs, lives at most 7 days (an Azure limit).
 USER_DELEGATION_MAX_LIFETIME = timedelta(days=7)
@@ -368,17 +369,24 @@ def storage_error(
     blob_path: str,
     message_id: str | None = None,
     authentication: bool = False,
+    endpoint: str | None = None,
+    setting: str | None = None,
 ) -> MessageError:
     """The error to raise for a failed storage call (``status`` None: no HTTP answer at all;
     ``authentication``: getting a token failed, before any request).
 
     Names the operation, the blob path, the status and the storage error code, and only the
-    class name of the cause: its text may carry URLs.
+    class name of the cause: its text may carry URLs. ``endpoint`` (the blob service URL, no
+    credentials) and ``setting`` (the dotted setting it came from) say where to look when
+    storage could not be reached or refused the credentials.
     """
     detail = ", ".join(
         part for part in (f"HTTP {status}" if status else None, error_code, cause) if part
     )
     problem = f"payload {operation} failed ({detail})"
+    if endpoint and (status is None or status in (401, 403) or authentication):
+        problem = f"payload {operation} at {endpoint} failed ({detail})"
+    check = f" Check {setting} ({env_var(setting)})." if setting else ""
     if status == 404:
         return PayloadNotFoundError(
             problem,
@@ -393,15 +401,23 @@ def storage_error(
             message_id=message_id,
             hint=(
                 "Check the storage credentials: the account key, or the identity's "
-                "'Storage Blob Data Contributor' role on the account or container."
+                "'Storage Blob Data Contributor' role on the account or container." + check
             ),
         )
-    if status is None or status in _TRANSIENT_STATUSES:
+    if status is None:
         return PayloadUnavailableError(
             problem,
             blob_path=blob_path,
             message_id=message_id,
-            hint="Storage was unreachable or busy after retries; try again later.",
+            hint="Storage could not be reached after retries: is the endpoint right and "
+            "running?" + check,
+        )
+    if status in _TRANSIENT_STATUSES:
+        return PayloadUnavailableError(
+            problem,
+            blob_path=blob_path,
+            message_id=message_id,
+            hint="Storage was busy after retries; try again later.",
         )
     return MessageError(problem, blob_path=blob_path, message_id=message_id)
 
