@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from claimcheck_bus.events import deserialize
-from claimcheck_bus.payload_store import payload_metadata, sas_expiry
+from claimcheck_bus.payload_store import message_expiry, payload_metadata, sas_expiry
 from claimcheck_bus.publishing import Publication, PublishOptions, utc_now
 from claimcheck_bus.rehydration import IncomingMessage, ReceivePolicy, incoming_from, where
 from claimcheck_bus.settings import BusSettings
@@ -45,15 +45,24 @@ class BusCore:
     def upload_arguments(self, publication: Publication) -> dict[str, Any]:
         """Keyword arguments of ``PayloadStore.upload`` for ``publication``."""
         cc = self.settings.claim_check
+        now = utc_now()
+        options = publication.options
         return {
             "blob_name": publication.blob_name,
             "data": publication.event.body,
             "content_type": publication.event.content_type,
             "metadata": payload_metadata(
-                publication.message_id, publication.event.event_type, publication.entity
+                publication.message_id,
+                publication.event.event_type,
+                publication.entity,
+                # What `claimcheck-bus sweep` needs to know when no message can reference it.
+                published_at=now,
+                expires_at=message_expiry(
+                    now, options.time_to_live, options.scheduled_enqueue_time
+                ),
             ),
             "sas_expires_on": sas_expiry(
-                utc_now(),
+                now,
                 cc.sas_expiry_hours,
                 publication.options.time_to_live,
                 self._sas_limit,
