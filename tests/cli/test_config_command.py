@@ -45,7 +45,8 @@ def test_show_masks_secrets_and_names_each_source(cli: Any, clean_env: Path) -> 
 
     table = cli("config", "show", "--sources")
     assert table.code == 0
-    assert "claim_check.container_name" in table.out and "from-file" in table.out
+    assert "claim_check.container_name" in table.out
+    assert "from-file" in table.out
     assert ACCOUNT_KEY not in table.out
 
 

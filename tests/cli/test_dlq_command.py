@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusReceiver
 from azure.storage.blob import BlobServiceClient
+from tests.cli.helpers import dead_letter_all, http_status, peek, property_of, publish, wait_until
 
 from claimcheck_bus import BusSettings
 from claimcheck_bus.cli.decisions import sas_expires_at
-from tests.cli.helpers import dead_letter_all, http_status, peek, property_of, publish, wait_until
 
 
 def _expired_claim_check(message_id: str) -> None:
@@ -40,7 +39,8 @@ def test_list_shows_route_reason_and_size_and_filters_by_reason(
     only = cli("dlq", "list", "--reason", "poison", "--json").json()["dead_letters"]
     assert [r["message_id"] for r in only] == ["claim-1"]
     table = cli("dlq", "list")
-    assert "HandlerFailed" in table.out and "claim-check" in table.out
+    assert "HandlerFailed" in table.out
+    assert "claim-check" in table.out
 
 
 def test_show_fetches_the_payload_even_when_its_sas_expired(
@@ -178,7 +178,8 @@ def test_purge_removes_only_what_the_filter_selects(
     dead_letter_all(1, reason="HandlerFailed")
     assert cli("dlq", "purge").code == 2  # nothing selected: refused
     young = cli("dlq", "purge", "--older-than", "1h", "--wait", "1", "--json")
-    assert young.code == 0 and young.json()["outcomes"] == []
+    assert young.code == 0
+    assert young.json()["outcomes"] == []
     dry = cli("dlq", "purge", "--reason", "Poison", "--dry-run", "--wait", "1", "--json")
     assert [o["action"] for o in dry.json()["outcomes"]] == ["would purge"]
     assert len(peek(conn, fresh_queue, dead_letter=True)) == 2

@@ -32,6 +32,18 @@ from claimcheck_bus.settings import configuration_warnings
 #: Clock skew beyond which SAS start times and delegation keys misbehave.
 MAX_SKEW = timedelta(minutes=5)
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+FIX_NAMESPACE = (
+    "Check service_bus.connection_string / fully_qualified_namespace, the network, and the "
+    "key or role (Azure Service Bus Data Sender)."
+)
+FIX_STORAGE = (
+    "Check claim_check.blob_storage (URL, key or the identity's 'Storage Blob Data "
+    "Contributor' role) and the network."
+)
+FIX_SAS = (
+    "The credentials must sign a read SAS: an account key, or the 'Storage Blob Delegator' "
+    "role for user-delegation."
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,7 @@ def doctor(
     checks.extend(_servicebus_checks(settings, queues, topics, timeout))
     storage_checks, server_time = _storage_checks(settings, timeout)
     checks.extend(storage_checks)
-    checks.append(_clock_check(server_time))
+    checks.append(clock_check(server_time))
     endpoints = settings.claim_check.trusted_blob_endpoints
     checks.append(
         Check(
@@ -159,9 +171,7 @@ def _servicebus_checks(
                         f"{kind} {name}",
                         FAIL,
                         text,
-                        f"Create the {kind} or fix its name."
-                        if missing
-                        else "Check service_bus.connection_string / fully_qualified_namespace, the network, and the key or role (Azure Service Bus Data Sender).",
+                        f"Create the {kind} or fix its name." if missing else FIX_NAMESPACE,
                     )
                 )
     return checks
@@ -192,7 +202,7 @@ def _storage_checks(settings: BusSettings, timeout: float) -> tuple[list[Check],
                     "storage",
                     FAIL,
                     describe_error(error),
-                    "Check claim_check.blob_storage (URL, key or the identity's 'Storage Blob Data Contributor' role) and the network.",
+                    FIX_STORAGE,
                 )
             ], None
         checks.append(Check("storage", OK, f"reachable at {_endpoint(service)}"))
@@ -205,7 +215,7 @@ def _storage_checks(settings: BusSettings, timeout: float) -> tuple[list[Check],
                     Check(
                         "container",
                         FAIL,
-                        f"{cc.container_name} missing and cannot be created: {describe_error(error)}",
+                        f"{cc.container_name} missing, cannot create it: {describe_error(error)}",
                         "Create the container, or grant the identity rights to.",
                     )
                 )
@@ -247,7 +257,7 @@ def _sas_round_trip(settings: BusSettings, timeout: float) -> tuple[Check, datet
             "sas",
             FAIL,
             describe_error(error),
-            "The credentials must sign a read SAS: an account key, or the 'Storage Blob Delegator' role for user-delegation.",
+            FIX_SAS,
         ), None
     server_time = _date_of(response.headers.get("date"))
     if response.status_code != 200 or response.content != body:
@@ -273,7 +283,7 @@ def _date_of(header: str | None) -> datetime | None:
         return None
 
 
-def _clock_check(
+def clock_check(
     server_time: datetime | None, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
 ) -> Check:
     if server_time is None:
