@@ -103,6 +103,8 @@ def test_resubmit_resigns_expired_links_and_leaves_gone_payloads(
         "gone-1": "left in DLQ",
         "inline-1": "would resubmit",
     }
+    details = {o["message_id"]: o["detail"] for o in dry.json()["outcomes"]}
+    assert details["expired-1"] == "link would be re-signed"
     assert len(peek(conn, fresh_queue, dead_letter=True)) == 3
     assert peek(conn, fresh_queue) == []
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from claimcheck_bus import BusSettings
@@ -103,9 +104,18 @@ def load_settings(options: Options) -> BusSettings:
 
 
 def console(*, stderr: bool = False) -> Console:
-    """A rich console on stdout (or stderr); wide when not a terminal so tables do not wrap."""
+    """A rich console on stdout (or stderr); wide when not a terminal so tables do not wrap,
+    unless ``COLUMNS`` says how wide."""
     stream = sys.stderr if stderr else sys.stdout
-    return Console(file=stream, width=None if stream.isatty() else 140, highlight=False)
+    natural = stream.isatty() or "COLUMNS" in os.environ
+    return Console(file=stream, width=None if natural else 140, highlight=False)
+
+
+def terminal_progress() -> Progress:
+    """A progress display on stderr, on a terminal only: redirected output gets the report,
+    not a bar's leftovers."""
+    err = console(stderr=True)
+    return Progress(console=err, transient=True, disable=not err.is_terminal)
 
 
 def emit_json(data: Any) -> None:
@@ -124,8 +134,9 @@ def _json_default(value: Any) -> Any:
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
     """A rich table of plain values (None shown as empty)."""
     result = Table(title=title, title_justify="left", show_lines=False)
-    for column in columns:
-        result.add_column(column, overflow="fold")
+    for index, column in enumerate(columns):
+        # The first column names the row: keep it whole, fold the others.
+        result.add_column(column, overflow="fold", no_wrap=index == 0)
     for row in rows:
         result.add_row(*("" if value is None else _cell(value) for value in row))
     return result
@@ -229,8 +240,9 @@ def describe_error(error: BaseException) -> str:
 
 def _quiet_logging() -> None:
     # The commands report what matters themselves; SDK chatter on stderr would bury it, and
-    # the library's settings warnings are printed by `config show` and `doctor`.
-    for name in ("azure", "uamqp", "claimcheck_bus.settings"):
+    # the library's settings warnings are printed by `config show` and `doctor`, and a refused
+    # SAS is shown by `dlq show` itself.
+    for name in ("azure", "uamqp", "claimcheck_bus"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s: %(message)s"))

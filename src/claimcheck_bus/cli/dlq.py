@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import click
+from azure.core.exceptions import ResourceNotFoundError
 from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
 
 from claimcheck_bus import BusSettings, ClaimCheckBusError, rehydrate
@@ -18,6 +19,7 @@ from claimcheck_bus.cli.common import (
     EXIT_USAGE,
     CommandError,
     Options,
+    blob_service,
     common_options,
     console,
     describe_error,
@@ -28,16 +30,19 @@ from claimcheck_bus.cli.common import (
     load_settings,
     servicebus_client,
     table,
+    terminal_progress,
 )
 from claimcheck_bus.cli.decisions import Selection, needs_resign, sas_expires_at, selects
 from claimcheck_bus.cli.library import (
     BLOB_URI,
     CONTENT_ENCODING,
+    META_ENTITY,
     SIZE,
     AzureBlobPayloadStore,
     ReceivePolicy,
     amqp_long,
     declares_claim_check,
+    decode_metadata_value,
     incoming_from,
     may_read_with_credentials,
     message_expiry,
@@ -141,7 +146,7 @@ def list_(
 @click.argument("message_id")
 @click.option("--scan", default=10_000, show_default=True, help="Look at most this deep.")
 @click.option(
-    "--max-bytes", default=64 * 1024, show_default=True, help="Print at most this much payload."
+    "--max-bytes", default=2048, show_default=True, help="Print at most this much payload."
 )
 def show(
     options: Options,
@@ -226,20 +231,25 @@ def _plain(value: Any) -> Any:
 def _payload_json(payload: bytes | None, max_bytes: int) -> Any:
     if payload is None:
         return None
-    try:
-        return json.loads(payload) if len(payload) <= max_bytes else None
-    except ValueError:
-        return payload[:max_bytes].decode("utf-8", "replace")
+    if len(payload) <= max_bytes:
+        try:
+            return json.loads(payload)
+        except ValueError:
+            pass
+    return payload[:max_bytes].decode("utf-8", "replace")
 
 
 def _payload_text(payload: bytes, max_bytes: int) -> str:
-    shown = payload[:max_bytes]
-    try:
-        text = json.dumps(json.loads(shown), indent=2, ensure_ascii=False)
-    except ValueError:
-        text = shown.decode("utf-8", "replace")
+    text = None
+    if len(payload) <= max_bytes:
+        try:
+            text = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+        except ValueError:
+            text = None
+    if text is None:
+        text = payload[:max_bytes].decode("utf-8", "replace")
     cut = f"\n... {len(payload) - max_bytes} more bytes" if len(payload) > max_bytes else ""
-    return text + cut
+    return f"payload ({len(payload)} bytes):\n{text}{cut}"
 
 
 # --- acting on dead letters ------------------------------------------------------------------
@@ -290,7 +300,10 @@ def drain(
     held: list[Any] = []
     outcomes: list[Outcome] = []
     current: Any = None
+    progress = terminal_progress()
+    task = progress.add_task("dead letters", total=None)
     try:
+        progress.start()
         while len(outcomes) < limit:
             batch = receiver.receive_messages(max_message_count=50, max_wait_time=wait)
             fresh = [m for m in batch if int(m.sequence_number) not in seen]
@@ -316,7 +329,9 @@ def drain(
                 if outcome.failed or outcome.action.startswith("would"):
                     held.append(message)
                 outcomes.append(outcome)
+                progress.advance(task)
     finally:
+        progress.stop()
         for message in ([current] if current is not None else []) + held:
             with contextlib.suppress(Exception):  # the lock may have expired meanwhile
                 receiver.abandon_message(message)
@@ -415,7 +430,7 @@ def resubmit(
         with get_sender(target.name) as sender, _dead_letters(settings, source) as receiver:
 
             def act(message: Any) -> Outcome:
-                copy, note, problem = payloads.copy_of(message, source)
+                copy, note, problem = payloads.copy_of(message, source, dry_run=dry_run)
                 seq, mid = message.sequence_number, _text(message.message_id)
                 if problem:
                     return Outcome(seq, mid, "left in DLQ", problem)
@@ -489,6 +504,7 @@ class _Payloads:
         self._resign_within = resign_within
         self._policy = ReceivePolicy.from_settings(settings.claim_check)
         self._store: Any = None
+        self._service: Any = None
 
     def __enter__(self) -> _Payloads:
         return self
@@ -496,6 +512,13 @@ class _Payloads:
     def __exit__(self, *exc: object) -> None:
         if self._store is not None:
             self._store.close()
+        if self._service is not None:
+            self._service.close()
+
+    def _container(self) -> Any:
+        if self._service is None:
+            self._service = blob_service(self._settings, retries=2)
+        return self._service.get_container_client(self._settings.claim_check.container_name)
 
     def _the_store(self) -> Any:
         if self._store is None:
@@ -505,7 +528,7 @@ class _Payloads:
         return self._store
 
     def copy_of(
-        self, message: Any, source: Entity
+        self, message: Any, source: Entity, *, dry_run: bool
     ) -> tuple[ServiceBusMessage | None, str, str | None]:
         """The copy to send, a note on what was done, or the problem that keeps it in the DLQ."""
         properties = {
@@ -517,7 +540,9 @@ class _Payloads:
         note = ""
         if declares_claim_check(properties):
             try:
-                url, note = self._checked_url(message, properties, source, ttl)
+                url, note = self._checked_url(message, properties, source, ttl, dry_run)
+            except _LeftError as error:
+                return None, "", str(error)
             except ClaimCheckBusError as error:
                 return None, "", describe_error(error)
             properties[BLOB_URI] = url
@@ -539,8 +564,15 @@ class _Payloads:
         return copy, note, None
 
     def _checked_url(
-        self, message: Any, properties: dict[str, Any], source: Entity, ttl: timedelta | None
+        self,
+        message: Any,
+        properties: dict[str, Any],
+        source: Entity,
+        ttl: timedelta | None,
+        dry_run: bool,
     ) -> tuple[str, str]:
+        """The link the copy carries: the same, or a new SAS for the same blob; raises when
+        the payload is gone or cannot be re-signed. A dry run reads and writes nothing."""
         incoming = incoming_from(message, entity=source.name)
         fetch = plan(incoming, self._policy)
         assert fetch is not None  # declares_claim_check was true
@@ -557,16 +589,27 @@ class _Payloads:
                     f"its link to {fetch.location.blob_path} expires and is not in our container"
                 )
             return url, "link kept (not our container)"
-        store = self._the_store()
-        data = store.read(fetch.blob_name)  # PayloadNotFoundError: gone, the copy would be useless
+        blob = self._container().get_blob_client(fetch.blob_name)
+        try:
+            recorded = blob.get_blob_properties().metadata or {}
+        except ResourceNotFoundError:
+            raise _LeftError(
+                f"payload gone (PayloadNotFoundError): {fetch.location.blob_path}"
+            ) from None
         if not needs_resign(sas_expires_at(url), now, must_last):
             return url, "payload present, link valid"
+        if dry_run:
+            return url, "link would be re-signed"
+        store = self._the_store()
+        data = store.read(fetch.blob_name)
         cc = self._settings.claim_check
+        entity = recorded.get(META_ENTITY)
         metadata = payload_metadata(
             _text(message.message_id) or "",
             incoming.event_type or "",
-            fetch.blob_name.split("/")[0],
+            decode_metadata_value(entity) if entity else source.name,
             content_encoding=properties.get(CONTENT_ENCODING) or None,
+            # The copy lives from now: the sweep must keep the payload that long.
             published_at=now,
             expires_at=message_expiry(now, live_ttl),
         )

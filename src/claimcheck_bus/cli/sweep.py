@@ -11,7 +11,6 @@ import click
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.exceptions import ServiceBusError
-from rich.progress import Progress
 
 from claimcheck_bus import BusSettings
 from claimcheck_bus.cli.common import (
@@ -26,6 +25,7 @@ from claimcheck_bus.cli.common import (
     load_settings,
     servicebus_client,
     table,
+    terminal_progress,
     warn,
 )
 from claimcheck_bus.cli.decisions import NO_EXPIRY, SweepVerdict, guarded, sweep_verdict
@@ -123,7 +123,7 @@ def _examine(
     container: Any, now: datetime, grace: timedelta, older_than: timedelta | None
 ) -> list[Candidate]:
     found = []
-    with Progress(console=console(stderr=True), transient=True) as progress:
+    with terminal_progress() as progress:
         task = progress.add_task("examining payloads", total=None)
         for blob in container.list_blobs(include=["metadata"]):
             metadata = blob.metadata or {}
@@ -224,7 +224,7 @@ def _delete(
         return doomed, {}
     deleted: list[Candidate] = []
     failed: dict[str, str] = {}
-    with Progress(console=console(stderr=True), transient=True) as progress:
+    with terminal_progress() as progress:
         task = progress.add_task("deleting payloads", total=len(doomed))
         for candidate in doomed:
             try:
