@@ -190,3 +190,35 @@ def test_purge_removes_only_what_the_filter_selects(
     assert [o["message_id"] for o in ran.json()["outcomes"]] == ["a"]
     assert [str(m.message_id) for m in peek(conn, fresh_queue, dead_letter=True)] == ["b"]
     assert cli("dlq", "purge", "--older-than", "soon").code == 2
+
+
+def test_a_subscriptions_dead_letters_go_back_through_their_topic(
+    cli: Any, bus_settings: BusSettings, fresh_topic: tuple[str, list[str]]
+) -> None:
+    from azure.servicebus import ServiceBusClient, ServiceBusSubQueue
+
+    from claimcheck_bus import ClaimCheckBus
+
+    topic, (billing, archive) = fresh_topic
+    conn = bus_settings.service_bus.connection_string.get_secret_value()  # type: ignore[union-attr]
+    with ClaimCheckBus(BusSettings(claim_check={"always": True})) as bus:
+        bus.publish({"OrderId": "t-1"}, topic=topic, event_type="OrderCreated", message_id="t-1")
+        [event] = bus.receive(dict, topic=topic, subscription=billing, max_wait=5)
+        event.dead_letter("HandlerFailed", "billing failed")
+
+    listed = cli("dlq", "list", "--topic", topic, "--subscription", billing, "--json")
+    assert [r["message_id"] for r in listed.json()["dead_letters"]] == ["t-1"]
+    ran = cli("dlq", "resubmit", "-t", topic, "-s", billing, "--id", "t-1", "--wait", "1",
+              "--json")  # fmt: skip
+    assert ran.code == 0, ran.err
+    assert ran.json()["target"] == topic
+
+    def count(subscription: str, dead_letter: bool = False) -> int:
+        sub_queue = ServiceBusSubQueue.DEAD_LETTER if dead_letter else None
+        with ServiceBusClient.from_connection_string(conn) as client:
+            with client.get_subscription_receiver(topic, subscription, sub_queue=sub_queue) as r:
+                return len(r.peek_messages(max_message_count=10))
+
+    assert count(billing, dead_letter=True) == 0
+    assert count(billing) == 1
+    assert count(archive) == 2  # the other subscription gets the copy too (documented)

@@ -127,6 +127,3 @@ def publish(
     else:
         console().print(table("published", ["field", "value"], list(result.items())))
     return 0
-
-
-__all__ = ["describe_error", "peek", "publish"]

@@ -28,7 +28,7 @@ from claimcheck_bus.cli.common import (
     terminal_progress,
     warn,
 )
-from claimcheck_bus.cli.decisions import NO_EXPIRY, SweepVerdict, guarded, sweep_verdict
+from claimcheck_bus.cli.decisions import SweepVerdict, guarded, sweep_verdict
 from claimcheck_bus.cli.library import (
     META_ENTITY,
     META_EXPIRES_AT,
@@ -237,6 +237,3 @@ def _delete(
                 warn(f"could not delete {candidate.name}: {failed[candidate.name]}")
             progress.advance(task)
     return deleted, failed
-
-
-__all__ = ["NO_EXPIRY", "sweep"]
