@@ -190,3 +190,13 @@ def test_sources_named_by_matches_whole_words_of_the_section() -> None:
     assert sources_named_by("claim_check.container_name: bad", sources) == (
         " (set: claim_check.container_name from file)"
     )
+
+
+def test_invalid_toml_is_named_by_its_file(config_dir: Path) -> None:
+    path = config_dir / "claimcheck.toml"
+    path.write_text("[claim_check]\nenabled = true\n[claim_check]\n")
+    [warning] = configuration_warnings({"CLAIMCHECK_CONFIG_DIR": str(config_dir)})
+    assert warning.where == str(path)
+    assert warning.problem.startswith("not valid TOML (Cannot declare")
+    with pytest.raises(ConfigurationError, match=f"{path}: not valid TOML"):
+        BusSettings(service_bus={"connection_string": SB_CONN}, claim_check=STORAGE)

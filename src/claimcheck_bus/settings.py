@@ -197,14 +197,14 @@ class BusSettings(BaseSettings):
             _Recorded(settings_cls, _DotEnvInFolder(settings_cls, folder / ".env"), record, ".env"),
             _Recorded(
                 settings_cls,
-                TomlConfigSettingsSource(settings_cls, toml_file=env_file),
+                _toml_source(settings_cls, env_file),
                 record,
                 str(env_file),
                 toml_file=env_file,
             ),
             _Recorded(
                 settings_cls,
-                TomlConfigSettingsSource(settings_cls, toml_file=base_file),
+                _toml_source(settings_cls, base_file),
                 record,
                 str(base_file),
                 toml_file=base_file,
@@ -229,6 +229,13 @@ class BusSettings(BaseSettings):
     def _with_sources(self, problems: list[str]) -> list[str]:
         # A problem about two settings is only fixable knowing which source set each.
         return [problem + sources_named_by(problem, self._sources) for problem in problems]
+
+
+def _toml_source(settings_cls: type[BaseSettings], path: Path) -> TomlConfigSettingsSource:
+    try:
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigurationError(f"{path}: not valid TOML ({error})") from None
 
 
 def config_dir() -> Path:
@@ -557,7 +564,10 @@ def configuration_warnings(
     for name in ("claimcheck.toml", f"claimcheck.{chosen or DEFAULT_ENV}.toml"):
         path = folder / name
         if path.is_file():
-            warnings.extend(unknown_toml_keys(path.read_text(encoding="utf-8"), str(path)))
+            try:
+                warnings.extend(unknown_toml_keys(path.read_text(encoding="utf-8"), str(path)))
+            except tomllib.TOMLDecodeError as error:
+                warnings.append(ConfigWarning(f"not valid TOML ({error})", str(path)))
     return warnings
 
 
