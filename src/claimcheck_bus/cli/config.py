@@ -50,7 +50,8 @@ def show(options: Options, sources: bool) -> int:
     try:
         settings = load_settings(options)
     except click.ClickException as error:
-        _report_warnings(warnings, options)
+        # The error already names the mistakes that made loading fail.
+        _report_warnings([w for w in warnings if str(w) not in error.format_message()], options)
         if options.as_json:
             emit_json(
                 {
