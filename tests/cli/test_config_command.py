@@ -122,3 +122,13 @@ def test_emulator_arguments_pass_straight_through(cli: Any, capsys: Any) -> None
 
 def test_unknown_command_is_a_usage_error(cli: Any) -> None:
     assert cli("nonsense").code == 2
+
+
+def test_running_a_command_leaves_logging_as_it_was(cli: Any, clean_env: Path) -> None:
+    import logging
+
+    before = [logging.getLogger(n).level for n in ("azure", "claimcheck_bus")]
+    handlers = list(logging.getLogger().handlers)
+    cli("config", "show")
+    assert [logging.getLogger(n).level for n in ("azure", "claimcheck_bus")] == before
+    assert logging.getLogger().handlers == handlers

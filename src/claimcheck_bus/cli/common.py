@@ -238,18 +238,28 @@ def describe_error(error: BaseException) -> str:
     return redact_secrets(f"{type(error).__name__}: {text}" if text else type(error).__name__)
 
 
-def _quiet_logging() -> None:
-    # The commands report what matters themselves; SDK chatter on stderr would bury it, and
-    # the library's settings warnings are printed by `config show` and `doctor`, and a refused
-    # SAS is shown by `dlq show` itself.
-    for name in ("azure", "uamqp", "claimcheck_bus"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    # The commands report what matters themselves; SDK chatter on stderr would bury it, the
+    # library's settings warnings are printed by `config show` and `doctor`, and a refused
+    # SAS is shown by `dlq show` itself. Restored afterwards: main() may run in-process.
+    loggers = [logging.getLogger(name) for name in ("azure", "uamqp", "claimcheck_bus")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    if not root.handlers:
+    added = not root.handlers
+    if added:
         root.addHandler(handler)
-        root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+        if added:
+            root.removeHandler(handler)
 
 
 class _RedactingFormatter(logging.Formatter):
@@ -259,9 +269,9 @@ class _RedactingFormatter(logging.Formatter):
 
 def run_app(group: click.Group, args: Sequence[str]) -> int:
     """Run ``group`` on ``args`` and return the exit code (click's own rules, plus 130)."""
-    _quiet_logging()
     try:
-        result = group.main(list(args), prog_name="claimcheck-bus", standalone_mode=False)
+        with _quiet_logging():
+            result = group.main(list(args), prog_name="claimcheck-bus", standalone_mode=False)
     except click.exceptions.Exit as done:
         return int(done.exit_code)
     except click.ClickException as error:
