@@ -14,7 +14,7 @@ $(PIP_STAMP): pyproject.toml
 	@echo "==> Python environment in $(VENV)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,samples]'
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,samples,cli]'
 	@touch $@
 
 $(NPM_STAMP): package.json package-lock.json

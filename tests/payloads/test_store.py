@@ -430,3 +430,34 @@ def test_escaping_uses_only_url_safe_percent_triplets() -> None:
     name = blob_name_for("orders", "E", "".join(chr(c) for c in range(0x20)))
     escaped = name.split("/")[-1]
     assert set(escaped) <= set(string.hexdigits + "~.json")
+
+
+def test_message_expiry_is_enqueue_time_plus_ttl_rounded_up() -> None:
+    from claimcheck_bus.payloads.store import message_expiry
+
+    now = datetime(2026, 12, 4, 12, 0, 0, 500_000, tzinfo=timezone.utc)
+    assert message_expiry(now, None) is None
+    assert message_expiry(now, timedelta(minutes=5)) == datetime(
+        2026, 12, 4, 12, 5, 1, tzinfo=timezone.utc
+    )
+    later = datetime(2026, 12, 5, tzinfo=timezone.utc)
+    assert message_expiry(now, timedelta(hours=1), later) == later + timedelta(hours=1)
+    # A schedule in the past enqueues now.
+    assert message_expiry(now, timedelta(hours=1), now - timedelta(days=1)) == datetime(
+        2026, 12, 4, 13, 0, 1, tzinfo=timezone.utc
+    )
+
+
+def test_metadata_times_round_trip_to_the_second() -> None:
+    from claimcheck_bus.payloads.store import (
+        META_EXPIRES_AT,
+        META_PUBLISHED_AT,
+        parse_metadata_time,
+    )
+
+    at = datetime(2026, 12, 4, 15, 0, 7, tzinfo=timezone.utc)
+    metadata = payload_metadata("m", "E", "q", published_at=at, expires_at=at)
+    assert metadata[META_PUBLISHED_AT] == metadata[META_EXPIRES_AT] == "2026-12-04T15:00:07Z"
+    assert parse_metadata_time(metadata[META_EXPIRES_AT]) == at
+    assert parse_metadata_time("garbage") is None
+    assert parse_metadata_time(None) is None

@@ -28,7 +28,12 @@ from claimcheck_bus.claim_check.wire import (
 )
 from claimcheck_bus.events import SerializedEvent, serialize
 from claimcheck_bus.payloads.compression import GZIP, compressed
-from claimcheck_bus.payloads.store import blob_name_for, payload_metadata, sas_expiry
+from claimcheck_bus.payloads.store import (
+    blob_name_for,
+    message_expiry,
+    payload_metadata,
+    sas_expiry,
+)
 from claimcheck_bus.settings import BusSettings
 
 #: Service Bus refuses message ids longer than this.
@@ -269,6 +274,8 @@ class BusCore:
         cc = self.settings.claim_check
         packed = compressed(publication.event.body, cc.compression)
         encoding = GZIP if packed is not None else None
+        now = utc_now()
+        options = publication.options
         return {
             "blob_name": publication.blob_name,
             "data": packed if packed is not None else publication.event.body,
@@ -279,9 +286,14 @@ class BusCore:
                 publication.event.event_type,
                 publication.entity,
                 content_encoding=encoding,
+                # What `claimcheck-bus sweep` needs to know when no message can reference it.
+                published_at=now,
+                expires_at=message_expiry(
+                    now, options.time_to_live, options.scheduled_enqueue_time
+                ),
             ),
             "sas_expires_on": sas_expiry(
-                utc_now(),
+                now,
                 cc.sas_expiry_hours,
                 publication.options.time_to_live,
                 self._sas_limit,

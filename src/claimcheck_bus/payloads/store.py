@@ -57,6 +57,10 @@ META_EVENT_TYPE = "event_type"
 META_ENTITY = "entity"
 META_SHA256 = "sha256"
 META_CONTENT_ENCODING = "content_encoding"
+#: When the payload was uploaded, and the latest time its message can still exist (absent for
+#: messages without a time-to-live): what ``claimcheck-bus sweep`` decides on.
+META_PUBLISHED_AT = "published_at"
+META_EXPIRES_AT = "expires_at"
 
 
 @dataclass(frozen=True)
@@ -190,8 +194,12 @@ def payload_metadata(
     entity: str,
     sha256: str | None = None,
     content_encoding: str | None = None,
+    *,
+    published_at: datetime | None = None,
+    expires_at: datetime | None = None,
 ) -> dict[str, str]:
-    """The blob metadata of a payload: who it belongs to, and its hash as stored.
+    """The blob metadata of a payload: who it belongs to, its hash as stored, when it was
+    published and the latest time its message can exist (see :func:`message_expiry`).
 
     Names are C# identifiers (an Azure rule); values are encoded by
     :func:`encode_metadata_value` (decode with :func:`decode_metadata_value`).
@@ -205,6 +213,10 @@ def payload_metadata(
         metadata[META_SHA256] = sha256
     if content_encoding:
         metadata[META_CONTENT_ENCODING] = content_encoding
+    if published_at is not None:
+        metadata[META_PUBLISHED_AT] = metadata_time(published_at)
+    if expires_at is not None:
+        metadata[META_EXPIRES_AT] = metadata_time(expires_at)
     encoded = {name: encode_metadata_value(value) for name, value in metadata.items()}
     size = sum(len(name) + len(value) for name, value in encoded.items())
     if size > MAX_METADATA_BYTES:
@@ -216,6 +228,34 @@ def payload_metadata(
             hint="Use a shorter message id, entity name or event type name.",
         )
     return encoded
+
+
+def metadata_time(moment: datetime) -> str:
+    """A time as metadata holds it: ISO 8601 UTC to the second (``2026-12-04T15:00:00Z``)."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_metadata_time(value: str | None) -> datetime | None:
+    """The time :func:`metadata_time` wrote, or None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def message_expiry(
+    now: datetime, time_to_live: timedelta | None, scheduled: datetime | None = None
+) -> datetime | None:
+    """The latest time a message can exist: its enqueue time (now, or when scheduled) plus its
+    time-to-live, rounded up to a second; None without a time-to-live (it may live forever).
+
+    An entity's shorter default TTL only brings the real expiry earlier, so this is a bound."""
+    if time_to_live is None:
+        return None
+    start = scheduled if scheduled is not None and scheduled > now else now
+    return _ceil_to_second(start.astimezone(timezone.utc) + time_to_live)
 
 
 def message_id_of(metadata: Mapping[str, str]) -> str | None:
