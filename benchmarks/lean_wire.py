@@ -19,13 +19,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
-from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
-from claimcheck_vs_raw import azurite, emulator, write_config
+from azure.storage.blob import BlobServiceClient
+from claimcheck_vs_raw import azurite, emulator, raw_large, write_config
 
 from claimcheck_bus import BusSettings, ClaimCheckBus
 
@@ -117,21 +115,6 @@ class Small:
         self.receiver.close()
         self.sender.close()
         self.client.close()
-
-
-def raw_large(service: BlobServiceClient, container: str, payload: bytes) -> None:
-    blob = service.get_blob_client(container, f"raw/{uuid.uuid4()}.json")
-    blob.upload_blob(payload, overwrite=True, max_concurrency=4)
-    sas = generate_blob_sas(
-        service.account_name,
-        container,
-        blob.blob_name,
-        account_key=service.credential.account_key,
-        permission=BlobSasPermissions(read=True),
-        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
-    )
-    with httpx.Client() as http:
-        assert len(http.get(f"{blob.url}?{sas}").content) == len(payload)
 
 
 def ours_large(bus: ClaimCheckBus, payload: bytes) -> None:

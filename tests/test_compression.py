@@ -145,6 +145,22 @@ async def test_a_worker_projects_compressed_events(
         store.close()
 
 
+def send_claim_check(settings: BusSettings, url: str, encoding: str) -> None:
+    """A claim-checked message pointing at ``url``, as a foreign sender writes one."""
+    conn = settings.service_bus.connection_string
+    assert conn is not None
+    properties = {
+        "IsClaimCheck": True,
+        "ClaimCheckBlobUri": url,
+        "ClaimCheckContentEncoding": encoding,
+    }
+    with ServiceBusClient.from_connection_string(conn.get_secret_value()) as client:
+        with client.get_queue_sender(str(settings.service_bus.default_queue_name)) as sender:
+            sender.send_messages(
+                ServiceBusMessage(b"", message_id="m-1", application_properties=properties)
+            )
+
+
 @pytest.fixture
 def server() -> Iterator[StorageServer]:
     with storage_server() as server:
@@ -172,21 +188,7 @@ def test_hostile_compressed_streams_get_typed_errors(
         bus_settings, trusted_blob_endpoints=[server.url("/store")], max_download_size_mb=1
     )
     url = server.serve("/store/q/Report/m-1.json", Reply(stored))
-    conn = settings.service_bus.connection_string
-    assert conn is not None
-    with ServiceBusClient.from_connection_string(conn.get_secret_value()) as client:
-        with client.get_queue_sender(str(settings.service_bus.default_queue_name)) as sender:
-            sender.send_messages(
-                ServiceBusMessage(
-                    b"",
-                    message_id="m-1",
-                    application_properties={
-                        "IsClaimCheck": True,
-                        "ClaimCheckBlobUri": url,
-                        "ClaimCheckContentEncoding": "gzip",
-                    },
-                )
-            )
+    send_claim_check(settings, url, "gzip")
     with ClaimCheckBus(settings) as bus:
         [event] = bus.receive(Report, max_wait=10)
         with pytest.raises(error, match=words):
@@ -213,21 +215,7 @@ def test_an_unknown_encoding_is_refused_before_any_request(
 ) -> None:
     settings = gzipped(bus_settings, trusted_blob_endpoints=[server.url("/store")])
     url = server.serve("/store/q/Report/m-1.json", Reply(b"{}"))
-    conn = settings.service_bus.connection_string
-    assert conn is not None
-    with ServiceBusClient.from_connection_string(conn.get_secret_value()) as client:
-        with client.get_queue_sender(str(settings.service_bus.default_queue_name)) as sender:
-            sender.send_messages(
-                ServiceBusMessage(
-                    b"",
-                    message_id="m-1",
-                    application_properties={
-                        "IsClaimCheck": True,
-                        "ClaimCheckBlobUri": url,
-                        "ClaimCheckContentEncoding": "br",
-                    },
-                )
-            )
+    send_claim_check(settings, url, "br")
     with ClaimCheckBus(settings) as bus:
         [event] = bus.receive(Report, max_wait=10)
         with pytest.raises(EventDecodeError, match="unknown ClaimCheckContentEncoding 'br'"):
