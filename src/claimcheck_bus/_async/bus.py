@@ -351,9 +351,13 @@ class AsyncClaimCheckBus:
 
         The async client fetches claim-checked payloads concurrently before it returns (unless
         ``prefetch=False``; then ``await event.load()``); the sync client fetches a payload on
-        first access to ``.data``, and the message's lock keeps running meanwhile. A failed
-        fetch is raised by ``.data``. Settle each event with ``complete()``, ``abandon()``,
-        ``dead_letter()`` or ``defer()``. ``dead_letter=True`` reads the dead-letter queue.
+        first access to ``.data``. Either way nothing renews the messages' locks meanwhile: a
+        download (at most ``download_timeout_seconds`` times four) that outlasts the lock
+        makes ``complete()`` fail with the SDK's ``MessageLockLostError``. Call
+        ``renew_lock()`` for long work, or let a :class:`~claimcheck_bus.worker.Worker` renew
+        them. A failed fetch is raised by ``.data``, for that event alone. Settle each event
+        with ``complete()``, ``abandon()``, ``dead_letter()`` or ``defer()``.
+        ``dead_letter=True`` reads the dead-letter queue.
         """
         entity = resolve_entity(
             self.settings, queue=queue, topic=topic, subscription=subscription, receiving=True
