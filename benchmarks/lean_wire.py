@@ -28,6 +28,8 @@ from claimcheck_vs_raw import azurite, emulator, raw_large, write_config
 from claimcheck_bus import BusSettings, ClaimCheckBus
 
 MB = 1024 * 1024
+#: Events per turn: both sides take turns this often within a round.
+CHUNK = 100
 EVENT = {"OrderId": "o-1", "CustomerId": "c-1", "Notes": "n" * 900}
 
 
@@ -52,8 +54,7 @@ def timed(fn: Callable[[], object]) -> float:
 class Small:
     """1 KB events: publish, publish_batch and receive + complete, ours and raw."""
 
-    def __init__(self, sb: str, storage: str, events: int) -> None:
-        self.events = events
+    def __init__(self, sb: str, storage: str) -> None:
         self.client = ServiceBusClient.from_connection_string(sb)
         self.sender = self.client.get_queue_sender("raw")
         self.receiver = self.client.get_queue_receiver("raw")
@@ -71,17 +72,17 @@ class Small:
             message_id=str(uuid.uuid4()),
         )
 
-    def publish_raw(self) -> None:
-        for _ in range(self.events):
+    def publish_raw(self, count: int) -> None:
+        for _ in range(count):
             self.sender.send_messages(self.raw_message())
 
-    def publish_ours(self) -> None:
-        for _ in range(self.events):
+    def publish_ours(self, count: int) -> None:
+        for _ in range(count):
             self.bus.publish(EVENT, event_type="Order")
 
-    def batch_raw(self) -> None:
+    def batch_raw(self, count: int) -> None:
         batch = self.sender.create_message_batch()
-        for _ in range(self.events):
+        for _ in range(count):
             message = self.raw_message()
             try:
                 batch.add_message(message)
@@ -91,8 +92,8 @@ class Small:
                 batch.add_message(message)
         self.sender.send_messages(batch)
 
-    def batch_ours(self) -> None:
-        self.bus.publish_batch([EVENT] * self.events, event_type="Order")
+    def batch_ours(self, count: int) -> None:
+        self.bus.publish_batch([EVENT] * count, event_type="Order")
 
     def drain_raw(self, count: int) -> None:
         left = count
@@ -148,28 +149,32 @@ def report(name: str, raw: list[float], ours: list[float], rate: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--events", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--skip-100mb", action="store_true")
     args = parser.parse_args()
     rows: list[str] = []
     with tempfile.TemporaryDirectory() as folder:
         config = write_config(Path(folder), ["raw", "ours", "large", "gz", "rss"])
-        with emulator(config) as sb, azurite(Path(folder)) as storage:
-            small = Small(sb, storage, args.events)
+        with emulator(config, pinned=True) as sb, azurite(Path(folder)) as storage:
+            small = Small(sb, storage)
             times: dict[str, list[float]] = {}
-            for _ in range(args.rounds):
-                for name, fn in (
-                    ("publish raw", small.publish_raw),
-                    ("publish ours", small.publish_ours),
-                    ("receive raw", lambda: small.drain_raw(args.events)),
-                    ("receive ours", lambda: small.drain_ours(args.events)),
-                    ("batch raw", small.batch_raw),
-                    ("batch ours", small.batch_ours),
-                    ("batch receive raw", lambda: small.drain_raw(args.events)),
-                    ("batch receive ours", lambda: small.drain_ours(args.events)),
+            for round_number in range(args.rounds):
+                # Both sides take turns every CHUNK events, so drift in the machine's load
+                # (other processes, the emulator's queue depth) falls on both alike.
+                for name, raw_step, ours_step in (
+                    ("publish", small.publish_raw, small.publish_ours),
+                    ("receive", small.drain_raw, small.drain_ours),
+                    ("batch", small.batch_raw, small.batch_ours),
+                    ("batch receive", small.drain_raw, small.drain_ours),
                 ):
-                    times.setdefault(name, []).append(args.events / timed(fn))
+                    spent = {"raw": 0.0, "ours": 0.0}
+                    for turn in range(args.events // CHUNK):
+                        sides = [("raw", raw_step), ("ours", ours_step)]
+                        for side, step in sides if (turn + round_number) % 2 else sides[::-1]:
+                            spent[side] += timed(lambda step=step: step(CHUNK))
+                    for side, seconds in spent.items():
+                        times.setdefault(f"{name} {side}", []).append(args.events / seconds)
             small.close()
             rows.append(report("1 KB publish", times["publish raw"], times["publish ours"], True))
             rows.append(

@@ -143,7 +143,8 @@ def build_message(
         content_type=content_type,
         message_id=message_id,
         subject=subject,
-        application_properties=cast(Any, application_properties),
+        # No section at all rather than an empty map: bytes and encoder time on every message.
+        application_properties=cast(Any, application_properties or None),
         correlation_id=correlation_id,
         session_id=session_id,
         time_to_live=time_to_live,
