@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 _COMMON = {
     "deadline": None,
@@ -29,10 +29,20 @@ settings.register_profile("claimcheck-fuzz-quick", derandomize=True, **_COMMON)
 settings.register_profile("claimcheck-fuzz-long", derandomize=False, **_COMMON)
 
 
-def fuzz_settings(quick_examples: int, long_examples: int | None = None) -> settings:
-    """The settings of one fuzz test: ``quick_examples`` cases in the suite."""
+def fuzz_settings(
+    quick_examples: int, long_examples: int | None = None, *, quick_shrink: bool = True
+) -> settings:
+    """The settings of one fuzz test: ``quick_examples`` cases in the suite.
+
+    ``quick_shrink=False`` skips shrinking in the quick profile: for the end-to-end tests,
+    where each failing case costs a second of SDK link set-up, shrinking one failure takes
+    minutes. Their batches are small anyway; the long run shrinks.
+    """
     profile = os.environ.get("CLAIMCHECK_FUZZ_PROFILE", "quick")
     parent = settings.get_profile(f"claimcheck-fuzz-{profile}")
     examples = quick_examples if profile == "quick" else (long_examples or quick_examples * 100)
     override = os.environ.get("CLAIMCHECK_FUZZ_EXAMPLES")
-    return settings(parent, max_examples=int(override) if override else examples)
+    phases = tuple(Phase)
+    if profile == "quick" and not quick_shrink:
+        phases = tuple(phase for phase in Phase if phase not in (Phase.shrink, Phase.explain))
+    return settings(parent, max_examples=int(override) if override else examples, phases=phases)

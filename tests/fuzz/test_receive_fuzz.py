@@ -29,7 +29,7 @@ def rig(
             yield running
 
 
-@fuzz_settings(25, 10_000)
+@fuzz_settings(25, 10_000, quick_shrink=False)
 @given(data=st.data())
 def test_async_receive_of_hostile_batches(rig: Rig, data: st.DataObject) -> None:
     run_example(
@@ -42,7 +42,7 @@ def test_async_receive_of_hostile_batches(rig: Rig, data: st.DataObject) -> None
     )
 
 
-@fuzz_settings(10, 2_000)
+@fuzz_settings(10, 2_000, quick_shrink=False)
 @given(data=st.data())
 def test_sync_receive_of_hostile_batches(rig: Rig, data: st.DataObject) -> None:
     run_example(
