@@ -354,10 +354,6 @@ def amqp_long(value: int) -> dict[str, Any]:
     return {"TYPE": "LONG", "VALUE": value}
 
 
-def amqp_timestamp(ms: int) -> dict[str, Any]:
-    return {"TYPE": "TIMESTAMP", "VALUE": ms}
-
-
 # Values of every AMQP simple type the SDK can encode as an application property.
 property_values = st.one_of(
     st.none(),
@@ -458,12 +454,15 @@ hostile_bodies = st.one_of(
     ),
     st.just(Body("data", {"data_body": b""})),
     st.lists(
-        st.lists(st.integers(0, 255) | expanding_ints(), max_size=3), min_size=1, max_size=3
+        st.lists(st.integers(0, 255) | expanding_ints().map(amqp_long), max_size=3),
+        min_size=1,
+        max_size=3,
     ).map(lambda seq: Body("sequence", {"sequence_body": seq})),
     st.text(max_size=40).map(_value("value-str")),
     st.binary(max_size=40).map(_value("value-bytes")),
     st.integers(-(2**31), 2**31 - 1).map(_value("value-int")),
-    st.integers(2**31, 2**63 - 1).map(lambda v: Body("value-long", {"value_body": amqp_long(v)})),
+    # A top-level typed long does not encode in this SDK (it falls back to a map); huge
+    # integers travel inside lists and sequences instead.
     st.lists(expanding_ints().map(amqp_long), min_size=1, max_size=3).map(_value("value-list")),
     st.lists(st.integers(0, 255), min_size=1, max_size=8).map(_value("value-list")),
     st.integers(0, 120).map(nested_lists).map(_value("value-nested")),
@@ -474,7 +473,10 @@ hostile_bodies = st.one_of(
     st.just(Body("value-none", {"value_body": None})),
     st.booleans().map(_value("value-bool")),
     st.uuids().map(_value("value-uuid")),
-    st.integers(0, 2**42).map(amqp_timestamp).map(_value("value-timestamp")),
+    # The SDK sends a datetime as an AMQP timestamp and hands it back as an int (ms).
+    st.datetimes(min_value=datetime(1970, 1, 2), timezones=st.just(timezone.utc)).map(
+        _value("value-timestamp")
+    ),
     st.floats().map(_value("value-float")),
 )
 
