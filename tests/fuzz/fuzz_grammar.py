@@ -465,7 +465,9 @@ hostile_bodies = st.one_of(
     # integers travel inside lists and sequences instead.
     st.lists(expanding_ints().map(amqp_long), min_size=1, max_size=3).map(_value("value-list")),
     st.lists(st.integers(0, 255), min_size=1, max_size=8).map(_value("value-list")),
-    st.integers(0, 120).map(nested_lists).map(_value("value-nested")),
+    # azure-servicebus 7.15 refuses to decode values nested deeper than 64 (inside its receive
+    # link, where no library can see it): kept below that here, reported apart.
+    st.integers(0, 60).map(nested_lists).map(_value("value-nested")),
     st.dictionaries(st.text(max_size=5), st.integers(0, 255), max_size=3).map(_value("value-map")),
     st.dictionaries(st.binary(min_size=1, max_size=5), st.none(), min_size=1, max_size=3).map(
         _value("value-map")

@@ -10,7 +10,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fuzz_harness import AS_TYPES, Rig, batches, run_example, running_rig
+from fuzz_grammar import Body, amqp_long
+from fuzz_harness import (
+    AS_TYPES,
+    DECOY_ELSEWHERE,
+    DECOY_IN_OUR_CONTAINER,
+    Rig,
+    Spec,
+    batches,
+    run_example,
+    running_rig,
+)
 from fuzz_profiles import fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
@@ -52,4 +62,59 @@ def test_sync_receive_of_hostile_batches(rig: Rig, data: st.DataObject) -> None:
         as_type=data.draw(st.sampled_from(AS_TYPES), label="as_type"),
         prefetch=True,
         delete_after_complete=data.draw(st.booleans(), label="delete_after_complete"),
+    )
+
+
+GOOD = Spec(
+    "good-inline",
+    Body("data", {"data_body": b'{"OrderId": "good", "Total": 1}'}),
+    {},
+    "good-1",
+    "application/json",
+    expected={"OrderId": "good", "Total": 1},
+)
+
+
+def hostile(body: Body, **properties: object) -> Spec:
+    return Spec("hostile", body, dict(properties), "hostile-1")
+
+
+def claim_check(url: str) -> Spec:
+    return hostile(Body("data", {"data_body": b""}), IsClaimCheck=True, ClaimCheckBlobUri=url)
+
+
+# Issue 16's reported failures and the fuzzing's first finds, as fixed batches: each runs
+# through the same invariants as the generated ones.
+KNOWN: dict[str, Any] = {
+    "AMQP value int": lambda rig: [GOOD, hostile(Body("value-int", {"value_body": 1}))],
+    "AMQP value of two large longs (a 256 MiB expansion)": lambda rig: [
+        GOOD,
+        hostile(Body("value-list", {"value_body": [amqp_long(2**27), amqp_long(2**27)]})),
+    ],
+    "AMQP sequence spelling {}": lambda rig: [
+        GOOD,
+        hostile(Body("sequence", {"sequence_body": [[123, 125]]})),
+    ],
+    "traversal to another container": lambda rig: [
+        GOOD,
+        claim_check(
+            f"{rig.targets.trusted_prefix}/..%2F{rig.decoy_container}%2F{DECOY_ELSEWHERE}?sig=bogus"
+        ),
+    ],
+    "our container outside the entity's layout": lambda rig: [
+        GOOD,
+        claim_check(f"{rig.targets.trusted_prefix}/{DECOY_IN_OUR_CONTAINER}?sig=bogus"),
+    ],
+    "a tab the URL check strips and httpx refuses": lambda rig: [
+        GOOD,
+        claim_check(f"{rig.targets.trusted_prefix}/a\tb.json?sig=bogus"),
+    ],
+}
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+@pytest.mark.parametrize("case", list(KNOWN))
+def test_known_hostile_batches(rig: Rig, case: str, sync: bool) -> None:
+    run_example(
+        rig, KNOWN[case](rig), sync=sync, as_type=dict, prefetch=True, delete_after_complete=True
     )
