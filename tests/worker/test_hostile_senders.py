@@ -4,6 +4,7 @@ or foreign message gets its own outcome, and messages of the original .NET desig
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,45 @@ def test_a_message_without_an_id_is_recorded_under_its_sequence_number() -> None
     assert inbox_key("m-1", 7) == "m-1"
     assert inbox_key(None, 7) == inbox_key("", 7) == "sequence-7"
     assert inbox_key(None, 7) != inbox_key(None, 8)
+
+
+async def test_a_worker_holds_no_more_payload_bytes_than_its_budget(
+    bus_settings: BusSettings, make_queue: Callable[..., str], tmp_path: Path
+) -> None:
+    """Payloads of one received batch are fetched side by side, but never more than the
+    payload budget at once, and each is let go as soon as its handlers are done (not when
+    the whole batch is)."""
+    queue = make_queue()
+    store = SQLiteProjectionStore(tmp_path / "read.db")
+    metrics = MetricsMiddleware(use_otel=False)
+    payload = json.dumps({"OrderId": "big", "Amount": 1, "Blob": "b" * 5_000_000}).encode()
+    with storage_server() as server:
+        claim_check = bus_settings.claim_check.model_copy(
+            update={
+                "trusted_blob_endpoints": [server.url("/store")],
+                "max_download_size_mb": 6,
+                "payload_budget_mb": 12,
+            }
+        )
+        settings = bus_settings.model_copy(update={"claim_check": claim_check})
+        url = server.serve(f"/store/{queue}/OrderCreated/big.json", Reply(payload))
+        await send(
+            settings,
+            queue,
+            [message(f"big-{n}", IsClaimCheck=True, ClaimCheckBlobUri=url) for n in range(8)],
+        )
+        worker = fast_worker(settings)
+        worker.add_projection(LedgerProjection(), store=store, queue=queue)
+        worker.use(metrics)
+        tracemalloc.start()
+        try:
+            async with running(worker):
+                await wait_for_async(until(lambda: metrics.outcomes["completed"] >= 8), timeout=60)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert ledger_count(store) == 8
+    # Two 5 MB payloads at a time (the budget), with their decoded events, traced about
+    # 22 MB here; keeping each until its batch's task ended traced 46 MB.
+    assert peak < 32_000_000, peak
+    store.close()

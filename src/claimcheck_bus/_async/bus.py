@@ -495,6 +495,13 @@ class AsyncReceivedEvent(EventView[T]):
             if raise_errors:
                 raise
 
+    def release_payload(self) -> None:
+        """Forget the fetched payload and give back its share of the reader's payload budget
+        before settling, once nothing needs it any more (settling gives the share back too).
+        ``.data`` then fetches it again if asked."""
+        self._data = None
+        self._payloads.release(self._hold)
+
     @property
     def data(self) -> T:
         """The typed event; raises the typed error its fetch or decoding met."""

@@ -659,10 +659,10 @@ class DownloadState:
         assert self._body is not None, "on_chunk before on_response"
         try:
             self._body.feed(chunk)
+            self._sink.write(chunk)  # an inflating sink refuses a bomb here
         except MessageError:
             self._sink.discard()
             raise
-        self._sink.write(chunk)
         if self._monotonic() > self._attempt_ends_at:
             return Failure(f"attempt took over {self.policy.timeout:g} s")
         return None

@@ -624,6 +624,10 @@ class Worker:
         def ready(handling: _Handling) -> None:
             if handling.decision is not None:
                 return
+            # Its handlers are done: the payload's memory (and budget) can serve the next
+            # message now rather than when the whole batch's task ends.
+            handling.event.release_payload()
+            handling.plain.clear()
             decision = decide(
                 handling.error,
                 delivery_count=handling.context.delivery_count,
