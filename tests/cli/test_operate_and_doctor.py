@@ -137,3 +137,27 @@ def test_the_installed_entry_point_runs_in_a_subprocess(bus_settings: BusSetting
     )
     assert usage.returncode == 2
     assert "select what to act on" in usage.stderr
+
+
+def test_doctor_signs_and_reads_back_a_user_delegation_sas(
+    cli: Any, bus_settings: BusSettings, azurite_oauth: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an account URL and no key, doctor signs a user-delegation SAS and reads it back.
+    Entra ID is the one part no test can have: azure-identity's DefaultAzureCredential is
+    replaced by a credential whose tokens the OAuth-enabled Azurite accepts."""
+    import azure.identity
+
+    from claimcheck_bus.testing.credentials import FakeTokenCredential
+
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", lambda **_: FakeTokenCredential())
+    monkeypatch.delenv("CLAIMCHECK_CLAIM_CHECK__BLOB_STORAGE__CONNECTION_STRING")
+    monkeypatch.setenv(
+        "CLAIMCHECK_CLAIM_CHECK__BLOB_STORAGE__ACCOUNT_URL", azurite_oauth.blob_endpoint
+    )
+    # Azurite's certificate is self-signed: the storage SDK and httpx trust it from here.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", azurite_oauth.ca_path)
+    monkeypatch.setenv("SSL_CERT_FILE", azurite_oauth.ca_path)
+    ran = cli("doctor", "--json")
+    checks = {c["name"]: c for c in ran.json()["checks"]}
+    assert checks["sas"]["status"] == "ok", checks["sas"]
+    assert checks["sas"]["detail"] == "user-delegation SAS signed and read back"
