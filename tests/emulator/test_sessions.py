@@ -53,9 +53,10 @@ def _config_document(short_lock: str = "PT2S") -> dict[str, Any]:
     """A Config.json as Microsoft's emulator reads it, with session entities."""
     session = {"RequiresSession": True, "LockDuration": "PT30S", "MaxDeliveryCount": 10}
     queues = [{"Name": name, "Properties": session} for name in QUEUES]
-    queues.append(
-        {"Name": "expiring", "Properties": {"RequiresSession": True, "LockDuration": short_lock}}
-    )
+    for name in ("expiring", "renewed"):
+        queues.append(
+            {"Name": name, "Properties": {"RequiresSession": True, "LockDuration": short_lock}}
+        )
     return {
         "UserConfig": {
             "Namespaces": [
@@ -357,6 +358,28 @@ def test_session_lock_expiry_releases_the_session(
                 assert time.monotonic() < deadline, "the session lock never expired"
         with pytest.raises(SessionLockLostError):
             stale.complete_message(held[0])
+
+
+def test_auto_lock_renewer_keeps_a_short_session_lock(client: ServiceBusClient) -> None:
+    session_id = str(uuid.uuid4())
+    with client.get_queue_sender("renewed") as sender:
+        sender.send_messages([ServiceBusMessage(f"m{i}", session_id=session_id) for i in range(2)])
+    renewer = AutoLockRenewer(max_lock_renewal_duration=60)
+    with client.get_queue_receiver("renewed", session_id=session_id) as receiver:
+        renewer.register(receiver, receiver.session)
+        held = _receive_all(receiver, 2)
+        first_expiry = receiver.session.locked_until_utc
+        assert first_expiry is not None
+        # Outlive the 2 s lock twice over; the renewer must have moved the expiry on.
+        deadline = time.monotonic() + 30
+        while receiver.session.locked_until_utc < first_expiry + timedelta(seconds=4):
+            assert time.monotonic() < deadline, "the session lock was not renewed"
+            time.sleep(0.1)
+        for msg in held:
+            receiver.complete_message(msg)
+        assert receiver.session.auto_renew_error is None
+        assert receiver.peek_messages(10, sequence_number=1) == []
+    renewer.close()
 
 
 def test_a_message_without_session_id_is_refused(client: ServiceBusClient) -> None:
