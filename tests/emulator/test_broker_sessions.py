@@ -336,3 +336,13 @@ def test_session_state_survives_journal_compaction(tmp_path: Path, clock: FakeCl
     assert second.session_state("sq", "a", relock.token) == b"latest"
     assert second.list_sessions("sq", None, 0, 10) == ["a"]
     second.close()
+
+
+def test_only_the_holder_passes_the_session_check(broker: Broker) -> None:
+    lock = _accept(broker, "a")
+    broker.check_session("sq", "a", lock.token)
+    broker.check_session("sq", "a", None)
+    with pytest.raises(SessionLockLost):
+        broker.check_session("sq", "a", uuid.uuid4())
+    with pytest.raises(SessionLockLost):
+        broker.check_session("sq", "b", None)

@@ -857,6 +857,11 @@ class Broker:
         return session.locked_until
 
     @_notifying
+    def check_session(self, path: str, session_id: str, token: uuid.UUID | None) -> None:
+        """SessionLockLost unless ``token`` (None: anyone) holds the session now."""
+        self._held(self._receivable(path), session_id, token, self._clock())
+
+    @_notifying
     def session_state(self, path: str, session_id: str, token: uuid.UUID | None) -> bytes | None:
         """The held session's state (None if never set or cleared)."""
         entity = self._receivable(path)

@@ -1669,6 +1669,10 @@ class Management:
             _text(body.get("deadletter-description")),
             properties_to_modify(body.get("properties-to-modify")),
         )
+        session_id = _text(body.get("session-id"))
+        if session_id is not None:
+            # Settling in a session takes holding it (the receiver the request names).
+            self.broker.check_session(self.path, session_id, self.holder)
         for token in _items(body["lock-tokens"]):
             apply_settlement(self.broker, self.path, _as_uuid(token), action)
         return ManagementResult(body={})
