@@ -275,3 +275,26 @@ def test_a_javascript_consumer_reads_what_the_library_claim_checked(
     }
     assert by_id["inline-1"]["claimChecked"] is False
     assert by_id["inline-1"]["isClaimCheckType"] == "undefined"
+
+
+def test_sessions(emulator: Emulator) -> None:
+    queue = _queue(emulator, requires_session=True)
+    empty = _queue(emulator, requires_session=True)
+    report = run_js(
+        "sessions.js",
+        {"connectionString": emulator.connection_string, "queue": queue, "emptyQueue": empty},
+    )
+    # Service Bus refuses it with amqp:not-allowed, which the JS SDK names InvalidOperationError.
+    assert report["withoutSessionId"]["message"].startswith("InvalidOperationError: The SessionId")
+    assert report["sessionId"] == "a"
+    assert report["lockedUntilInFuture"] is True
+    assert report["peek"] == ["a0", "a1", "a2"]
+    assert report["first"] == ["a0", "a1", "a2"]
+    assert report["afterAbandon"] == [["a0", 1]]
+    assert report["state"] == "s1"
+    assert report["renewed"] is True
+    assert report["second"]["code"] == "SessionCannotBeLocked"
+    assert report["next"] == "b"
+    assert report["nextBody"] == "b0"
+    assert report["nothingAvailable"]["code"] in ("ServiceTimeout", "OperationTimeout")
+    assert report["waitedMs"] >= 1500

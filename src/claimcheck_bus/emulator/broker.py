@@ -49,10 +49,17 @@ __all__ = [
     "MessageState",
     "OperationNotAllowed",
     "Rewrite",
+    "SessionCannotBeLocked",
+    "SessionInfo",
+    "SessionLock",
+    "SessionLockLost",
     "effective_ttl",
     "filter_matches",
+    "next_available_session",
     "rule_matches",
     "selecting_action",
+    "session_lock_valid",
+    "sessions_to_list",
     "subscription_accepts",
 ]
 
@@ -66,6 +73,22 @@ MAX_FORWARD_HOPS = 4
 MAX_DELIVERY_REASON = "MaxDeliveryCountExceeded"
 TTL_EXPIRED_REASON = "TTLExpiredException"
 HOP_LIMIT_REASON = "MaxTransferHopCountExceeded"
+# Service Bus's words for a message without a session id: refused when sent to a session queue,
+# dead-lettered when a topic fans it out to a session subscription (or it is forwarded to one).
+NO_SESSION_ID_DESCRIPTION = (
+    "The SessionId was not set on a message, and it cannot be sent to the entity. Entities that "
+    "have session support enabled can only receive messages that have the SessionId set to a "
+    "valid value."
+)
+_NOT_SESSIONFUL = (
+    "A sessionful message receiver cannot be created on an entity that does not require "
+    "sessions ('{}'). Ensure RequiresSession is set to true when creating a Queue or "
+    "Subscription to enable sessionful behavior."
+)
+NULL_SESSION_REASON = "Session id is null."
+NULL_SESSION_DESCRIPTION = (
+    "Session enabled entity doesn't allow a message whose session identifier is null."
+)
 
 
 def _utc_now() -> datetime:
@@ -159,6 +182,37 @@ class OperationNotAllowed(BrokerError):
     condition = "amqp:not-allowed"
 
 
+class SessionCannotBeLocked(BrokerError):
+    """Another receiver holds the session (the SDK's SessionCannotBeLockedError)."""
+
+    condition = "com.microsoft:session-cannot-be-locked"
+
+
+class SessionLockLost(BrokerError):
+    """The session lock expired, was released, or is held by another receiver."""
+
+    condition = "com.microsoft:session-lock-lost"
+
+
+@dataclass(frozen=True)
+class SessionLock:
+    """A receiver's hold on one session of an entity."""
+
+    session_id: str
+    token: uuid.UUID
+    locked_until: datetime
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What listing sessions looks at: one session of an entity."""
+
+    session_id: str
+    message_count: int
+    has_state: bool
+    state_updated: datetime | None
+
+
 # ---------------------------------------------------------------------------------------------
 # Decisions (pure)
 
@@ -237,6 +291,49 @@ def changed_meta(meta: MessageMeta, changes: Changes) -> MessageMeta:
     return replace(meta, application_properties=props, **fields)  # type: ignore[arg-type]
 
 
+def session_lock_valid(
+    holder: uuid.UUID | None, locked_until: datetime | None, token: uuid.UUID | None, now: datetime
+) -> bool:
+    """Whether ``token`` holds the session now (token None: whether anyone holds it)."""
+    if holder is None or locked_until is None or locked_until <= now:
+        return False
+    return token is None or token == holder
+
+
+def next_available_session(candidates: Iterable[tuple[str, int | None, bool]]) -> str | None:
+    """The session a next-available receiver gets, from (session id, sequence number of its
+    oldest receivable message or None, locked).
+
+    Only an unlocked session with a receivable message qualifies; among those the one whose
+    oldest message has waited longest, so no session starves while others keep arriving.
+    """
+    best: tuple[int, str] | None = None
+    for session_id, head, locked in candidates:
+        if locked or head is None:
+            continue
+        if best is None or (head, session_id) < best:
+            best = (head, session_id)
+    return None if best is None else best[1]
+
+
+def sessions_to_list(
+    sessions: Iterable[SessionInfo], updated_after: datetime | None, skip: int, top: int
+) -> list[str]:
+    """One page of get-message-sessions, ordered by session id.
+
+    Without a cutoff: sessions holding messages or a state. With one: sessions whose state was
+    set after it.
+    """
+    if updated_after is None:
+        chosen = [s for s in sessions if s.message_count > 0 or s.has_state]
+    else:
+        chosen = [
+            s for s in sessions if s.state_updated is not None and s.state_updated > updated_after
+        ]
+    ids = sorted(s.session_id for s in chosen)
+    return ids[max(0, skip) : max(0, skip) + max(0, top)]
+
+
 def effective_ttl(*limits: timedelta | None) -> timedelta | None:
     """The shortest of the message's TTL and the entities' defaults; None = never expires."""
     present = [limit for limit in limits if limit is not None]
@@ -309,6 +406,25 @@ class _DedupHistory:
         return False
 
 
+class _Session:
+    """One session of a session entity: its receivable messages in order, lock and state."""
+
+    __slots__ = ("available", "count", "held", "lock_token", "locked_until", "state", "updated")
+
+    def __init__(self) -> None:
+        self.available: list[int] = []  # heap of seqs; stale entries skipped on pop
+        self.count = 0  # messages of this session the entity holds, in any state
+        self.held: set[int] = set()  # seqs handed out under the current lock
+        self.lock_token: uuid.UUID | None = None
+        self.locked_until: datetime | None = None
+        self.state: bytes | None = None
+        self.updated: datetime | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not self.count and self.state is None and self.lock_token is None
+
+
 class _Kind(IntEnum):
     QUEUE = 0
     SUBSCRIPTION = 1
@@ -346,6 +462,13 @@ class _Receivable:
         )
         self.dead_letter: _Receivable | None = None
         self.transfer_dead_letter: _Receivable | None = None
+        # Dead-letter queues never require sessions, whatever their parent does.
+        self.requires_session = options.requires_session and kind in (
+            _Kind.QUEUE,
+            _Kind.SUBSCRIPTION,
+        )
+        self.sessions: dict[str, _Session] = {}
+        self.session_locks: dict[uuid.UUID, str] = {}
 
     @property
     def is_dead_letter(self) -> bool:
@@ -392,6 +515,7 @@ class _Due(IntEnum):
     LOCK = 0
     TTL = 1
     SCHEDULED = 2
+    SESSION_LOCK = 3
 
 
 _Deadline = tuple[datetime, int, _Due, _Receivable, int, "uuid.UUID | None"]
@@ -418,7 +542,7 @@ def _notifying(
                     self._journal.commit()
                     if self._journal.wants_compaction():
                         self._compact(self._journal)
-                if self._pending:
+                if self._pending or self._lost:
                     self._fire()
 
     return wrapper
@@ -446,6 +570,8 @@ class Broker:
         self._tiebreak = itertools.count()
         self._listeners: list[Callable[[str], None]] = []
         self._pending: dict[str, None] = {}  # paths to announce, in order, without repeats
+        self._session_listeners: list[Callable[[str, uuid.UUID], None]] = []
+        self._lost: list[tuple[str, uuid.UUID]] = []  # session locks that expired, to announce
         self._depth = 0
         for queue in config.queues:
             self._create_queue(queue)
@@ -561,6 +687,15 @@ class Broker:
         """callback(path) whenever messages become receivable on path (canonical spelling)."""
         self._listeners.append(callback)
 
+    def add_session_listener(self, callback: Callable[[str, uuid.UUID], None]) -> None:
+        """callback(path, lock token) when a session lock expires (the holder has lost it)."""
+        self._session_listeners.append(callback)
+
+    def requires_session(self, path: str) -> bool:
+        """Whether receiving from the entity takes a session receiver."""
+        entity = self._receivables.get(_key(path))
+        return entity is not None and entity.requires_session
+
     # -----------------------------------------------------------------------------------------
     # Sending
 
@@ -574,6 +709,7 @@ class Broker:
         """
         now = self._clock()
         target = self._sendable(path)
+        self._check_session_id(target, meta)
         if meta.message_id is not None and target.dedup is not None:
             if target.dedup.is_duplicate(meta.message_id, now):
                 return []
@@ -587,7 +723,17 @@ class Broker:
         """Enqueue a message that becomes receivable at ``at``; returns its sequence number."""
         now = self._clock()
         target = self._sendable(path)
+        self._check_session_id(target, meta)
         return self._accept(target, _Payload(bare), meta, now, at, 0, None)
+
+    def check_send(self, path: str, meta: MessageMeta) -> None:
+        """Raise what send() would refuse the message for, without sending it (batches are
+        all-or-nothing)."""
+        self._check_session_id(self._sendable(path), meta)
+
+    def _check_session_id(self, target: _Sendable, meta: MessageMeta) -> None:
+        if isinstance(target, _Receivable) and target.requires_session and meta.session_id is None:
+            raise OperationNotAllowed(NO_SESSION_ID_DESCRIPTION)
 
     @_notifying
     def cancel_scheduled(self, path: str, sequence_number: int) -> None:
@@ -609,43 +755,174 @@ class Broker:
     # Receiving
 
     @_notifying
-    def receive(self, path: str, max_count: int, *, peek_lock: bool) -> list[BrokerMessage]:
+    def receive(
+        self,
+        path: str,
+        max_count: int,
+        *,
+        peek_lock: bool,
+        session: SessionLock | None = None,
+    ) -> list[BrokerMessage]:
         """Up to max_count active messages in sequence order (ready now).
 
         Peek-lock: each gets a fresh lock_token/locked_until and stays until settled;
-        receive-and-delete: removed at once. Returns copies: the caller may not mutate broker
-        state through them.
+        receive-and-delete: removed at once. A session entity hands out only the held
+        ``session``'s messages, in order, locked by the session lock (SessionLockLost if it is
+        not held). Returns copies: the caller may not mutate broker state through them.
         """
         now = self._clock()
         self._run_due(now)
         entity = self._receivable(path)
+        held: _Session | None = None
+        if entity.requires_session:
+            if session is None:
+                raise OperationNotAllowed(
+                    "It is not possible for an entity that requires sessions to create a "
+                    "non-sessionful message receiver."
+                )
+            held = self._held(entity, session.session_id, session.token, now)
+            heap = held.available
+        elif session is not None:
+            raise OperationNotAllowed(_NOT_SESSIONFUL.format(entity.path))
+        else:
+            heap = entity.available
         out: list[BrokerMessage] = []
-        while len(out) < max_count and entity.available:
-            seq = heapq.heappop(entity.available)
+        while len(out) < max_count and heap:
+            seq = heapq.heappop(heap)
             msg = entity.messages.get(seq)
             if msg is None or msg.state is not MessageState.ACTIVE or msg.lock_token is not None:
                 continue  # stale heap entry: settled, deferred or handed out meanwhile
             if self._expired(entity, msg, now):
                 self._expire(entity, msg, now)
                 continue
-            out.append(self._hand_out(entity, msg, now, peek_lock))
+            out.append(self._hand_out(entity, msg, now, peek_lock, held))
         return out
 
+    # -----------------------------------------------------------------------------------------
+    # Sessions
+
     @_notifying
-    def receive_deferred(
-        self, path: str, sequence_numbers: Sequence[int], *, peek_lock: bool
-    ) -> list[BrokerMessage]:
-        """The deferred messages with these numbers, locked or removed; MessageNotFound if any is
-        missing (then nothing is handed out)."""
+    def accept_session(self, path: str, session_id: str | None) -> SessionLock | None:
+        """Lock a named session, or the next available one (None when no session has a
+        receivable message right now). SessionCannotBeLocked if another receiver holds it."""
         now = self._clock()
         self._run_due(now)
         entity = self._receivable(path)
+        if not entity.requires_session:
+            raise OperationNotAllowed(_NOT_SESSIONFUL.format(entity.path))
+        if session_id is None:
+            session_id = next_available_session(
+                (sid, self._session_head(entity, s), s.lock_token is not None)
+                for sid, s in entity.sessions.items()
+            )
+            if session_id is None:
+                return None
+        session = self._session(entity, session_id)
+        if session.lock_token is not None:
+            raise SessionCannotBeLocked(
+                f"The requested session '{session_id}' cannot be accepted. It may be locked by "
+                "another receiver."
+            )
+        token = uuid.uuid4()
+        session.lock_token = token
+        session.locked_until = now + entity.options.lock_duration
+        entity.session_locks[token] = session_id
+        self._push(session.locked_until, _Due.SESSION_LOCK, entity, 0, token)
+        return SessionLock(session_id, token, session.locked_until)
+
+    @_notifying
+    def release_session(self, path: str, lock: SessionLock) -> None:
+        """The holder lets go (its link closed): messages it still held return, counted as a
+        delivery, and the session is free for the next receiver. A lost lock: nothing to do."""
+        entity = self._receivable(path)
+        session = entity.sessions.get(lock.session_id)
+        if session is not None and session.lock_token == lock.token:
+            self._release(entity, lock.session_id, session, self._clock())
+
+    @_notifying
+    def renew_session_lock(self, path: str, session_id: str, token: uuid.UUID | None) -> datetime:
+        """Extend the session lock by the lock duration from now; returns the new expiry.
+
+        ``token`` None accepts any holder (a request that names no receiver link)."""
+        now = self._clock()
+        entity = self._receivable(path)
+        session = self._held(entity, session_id, token, now)
+        session.locked_until = now + entity.options.lock_duration
+        assert session.lock_token is not None
+        self._push(session.locked_until, _Due.SESSION_LOCK, entity, 0, session.lock_token)
+        for seq in session.held:
+            msg = entity.messages.get(seq)
+            if msg is not None:
+                msg.locked_until = session.locked_until
+        return session.locked_until
+
+    @_notifying
+    def check_session(self, path: str, session_id: str, token: uuid.UUID | None) -> None:
+        """SessionLockLost unless ``token`` (None: anyone) holds the session now."""
+        self._held(self._receivable(path), session_id, token, self._clock())
+
+    @_notifying
+    def session_state(self, path: str, session_id: str, token: uuid.UUID | None) -> bytes | None:
+        """The held session's state (None if never set or cleared)."""
+        entity = self._receivable(path)
+        return self._held(entity, session_id, token, self._clock()).state
+
+    @_notifying
+    def set_session_state(
+        self, path: str, session_id: str, token: uuid.UUID | None, state: bytes | None
+    ) -> None:
+        """Set (None: clear) the held session's state; durable like messages."""
+        now = self._clock()
+        entity = self._receivable(path)
+        session = self._held(entity, session_id, token, now)
+        session.state = None if state is None else bytes(state)
+        session.updated = now
+        if self._journal is not None:
+            self._journal.session_state(entity.key, session_id, session.state, now)
+
+    def list_sessions(
+        self, path: str, updated_after: datetime | None, skip: int, top: int
+    ) -> list[str]:
+        """Session ids holding messages or state (or with state set after ``updated_after``)."""
+        entity = self._receivable(path)
+        if not entity.requires_session:
+            return []
+        infos = (
+            SessionInfo(sid, s.count, s.state is not None, s.updated)
+            for sid, s in entity.sessions.items()
+        )
+        return sessions_to_list(infos, updated_after, skip, top)
+
+    @_notifying
+    def receive_deferred(
+        self,
+        path: str,
+        sequence_numbers: Sequence[int],
+        *,
+        peek_lock: bool,
+        session_id: str | None = None,
+        token: uuid.UUID | None = None,
+    ) -> list[BrokerMessage]:
+        """The deferred messages with these numbers, locked or removed; MessageNotFound if any is
+        missing (then nothing is handed out). In a session entity only the held session's."""
+        now = self._clock()
+        self._run_due(now)
+        entity = self._receivable(path)
+        held: _Session | None = None
+        if entity.requires_session:
+            if session_id is None:
+                raise OperationNotAllowed(
+                    "Receiving deferred messages from a session entity takes a session receiver."
+                )
+            held = self._held(entity, session_id, token, now)
         wanted = list(dict.fromkeys(sequence_numbers))
         found: list[BrokerMessage] = []
         for seq in wanted:
             msg = entity.messages.get(seq)
             if msg is not None and self._expired(entity, msg, now) and msg.lock_token is None:
                 self._expire(entity, msg, now)
+                msg = None
+            if msg is not None and held is not None and msg.meta.session_id != session_id:
                 msg = None
             if msg is None or msg.state is not MessageState.DEFERRED:
                 raise MessageNotFound(
@@ -657,11 +934,18 @@ class Broker:
                     "is locked by another receiver."
                 )
             found.append(msg)
-        return [self._hand_out(entity, msg, now, peek_lock) for msg in found]
+        return [self._hand_out(entity, msg, now, peek_lock, held) for msg in found]
 
     @_notifying
-    def peek(self, path: str, from_sequence_number: int, max_count: int) -> list[BrokerMessage]:
-        """Active, deferred and scheduled messages from a sequence number on; no lock taken."""
+    def peek(
+        self,
+        path: str,
+        from_sequence_number: int,
+        max_count: int,
+        session_id: str | None = None,
+    ) -> list[BrokerMessage]:
+        """Active, deferred and scheduled messages from a sequence number on (of one session if
+        given); no lock taken."""
         now = self._clock()
         self._run_due(now)
         entity = self._receivable(path)
@@ -670,7 +954,7 @@ class Broker:
             return out
         for seq in entity.order.from_seq(from_sequence_number):
             msg = entity.messages.get(seq)
-            if msg is None:
+            if msg is None or (session_id is not None and msg.meta.session_id != session_id):
                 continue
             peeked = copy.copy(msg)
             peeked.lock_token = None
@@ -745,6 +1029,10 @@ class Broker:
     def renew_lock(self, path: str, lock_token: uuid.UUID) -> datetime:
         """Extend the lock by the entity's lock duration from now; returns the new locked_until."""
         entity, msg = self._locked(path, lock_token)
+        if entity.requires_session:
+            raise OperationNotAllowed(
+                "Renewing a message lock is not valid in a session entity: renew the session lock."
+            )
         now = self._clock()
         msg.locked_until = now + entity.options.lock_duration
         self._push(msg.locked_until, _Due.LOCK, entity, msg.sequence_number, lock_token)
@@ -805,6 +1093,15 @@ class Broker:
         entity = self._receivable(path)
         seq = entity.locks.get(token)
         msg = entity.messages.get(seq) if seq is not None else None
+        if entity.requires_session:
+            # A session message has no lock of its own: it is held by the session lock.
+            if msg is None:
+                raise SessionLockLost(
+                    f"The lock supplied ({token}) is invalid on '{entity.path}': the session "
+                    "lock was lost or released, or the message was already settled."
+                )
+            self._held(entity, msg.meta.session_id or "", None, self._clock())
+            return entity, msg
         if msg is None or msg.locked_until is None:
             raise LockLost(
                 f"The lock supplied ({token}) is invalid on '{entity.path}': the lock expired, "
@@ -815,6 +1112,77 @@ class Broker:
             self._lock_expired(entity, msg, now)
             raise LockLost(f"The lock {token} on '{entity.path}' expired at {msg.locked_until}.")
         return entity, msg
+
+    # -----------------------------------------------------------------------------------------
+    # Internals: sessions
+
+    def _session(self, entity: _Receivable, session_id: str) -> _Session:
+        session = entity.sessions.get(session_id)
+        if session is None:
+            session = entity.sessions[session_id] = _Session()
+        return session
+
+    def _forget_if_idle(self, entity: _Receivable, session_id: str) -> None:
+        session = entity.sessions.get(session_id)
+        if session is not None and session.idle:
+            del entity.sessions[session_id]
+
+    def _session_head(self, entity: _Receivable, session: _Session) -> int | None:
+        """The sequence number of the session's oldest receivable message (drops stale ones)."""
+        heap = session.available
+        while heap:
+            msg = entity.messages.get(heap[0])
+            if msg is not None and msg.state is MessageState.ACTIVE and msg.lock_token is None:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def _held(
+        self, entity: _Receivable, session_id: str, token: uuid.UUID | None, now: datetime
+    ) -> _Session:
+        """The session if ``token`` (None: anyone) holds its lock now; else SessionLockLost."""
+        if not entity.requires_session:
+            raise OperationNotAllowed(_NOT_SESSIONFUL.format(entity.path))
+        session = entity.sessions.get(session_id)
+        if session is not None and session_lock_valid(
+            session.lock_token, session.locked_until, token, now
+        ):
+            return session
+        if (
+            session is not None
+            and session.lock_token is not None
+            and session.locked_until is not None
+            and session.locked_until <= now
+        ):
+            self._session_expired(entity, session_id, session, now)
+        raise SessionLockLost(
+            f"The session lock on session '{session_id}' of '{entity.path}' is not held by this "
+            "receiver: it expired or was released. Accept the session again."
+        )
+
+    def _session_expired(
+        self, entity: _Receivable, session_id: str, session: _Session, now: datetime
+    ) -> None:
+        assert session.lock_token is not None
+        self._lost.append((entity.path, session.lock_token))
+        self._release(entity, session_id, session, now)
+
+    def _release(
+        self, entity: _Receivable, session_id: str, session: _Session, now: datetime
+    ) -> None:
+        """Free the session; what its holder had not settled counts as a failed delivery."""
+        if session.lock_token is not None:
+            entity.session_locks.pop(session.lock_token, None)
+        session.lock_token = None
+        session.locked_until = None
+        for seq in sorted(session.held):
+            msg = entity.messages.get(seq)
+            if msg is not None:
+                self._unlock(entity, msg)
+                self._failed_delivery(entity, msg, now)
+        session.held.clear()
+        self._pending[entity.path] = None  # free for a next-available receiver
+        self._forget_if_idle(entity, session_id)
 
     # -----------------------------------------------------------------------------------------
     # Internals: message movement
@@ -880,6 +1248,13 @@ class Broker:
             if self._journal is not None:
                 self._journal.sequence(entity.key, seq)
             self._forward(entity, payload, meta, now, hops, dead_letter)
+            return
+        if entity.requires_session and meta.session_id is None:
+            # A fan-out or forwarded copy cannot be refused to the sender: it is dead-lettered.
+            msg = self._new_message(entity, seq, payload, meta, now, None)
+            self._store(entity, msg, payload)
+            info = _DeadLetterInfo(NULL_SESSION_REASON, NULL_SESSION_DESCRIPTION, None)
+            self._dead_letter(entity, msg, info, now)
             return
         msg = self._new_message(entity, seq, payload, meta, now, dead_letter)
         if scheduled_at is not None:
@@ -954,6 +1329,8 @@ class Broker:
     def _store(self, entity: _Receivable, msg: BrokerMessage, payload: _Payload) -> None:
         entity.messages[msg.sequence_number] = msg
         entity.order.add(msg.sequence_number)
+        if entity.requires_session:
+            self._session(entity, msg.meta.session_id or "").count += 1
         if self._journal is not None:
             if payload.blob_id is None:
                 payload.blob_id = self._journal.add_blob(payload.data)
@@ -962,9 +1339,17 @@ class Broker:
 
     def _became_active(self, entity: _Receivable, msg: BrokerMessage) -> None:
         """A newly active message: receivable now, and expiring at its TTL."""
-        heapq.heappush(entity.available, msg.sequence_number)
+        self._make_available(entity, msg)
         if msg.expires_at is not None:
             self._push(msg.expires_at, _Due.TTL, entity, msg.sequence_number, None)
+
+    def _make_available(self, entity: _Receivable, msg: BrokerMessage) -> None:
+        # In a session entity each session keeps its own order: FIFO per session, by number.
+        if entity.requires_session:
+            session = self._session(entity, msg.meta.session_id or "")
+            heapq.heappush(session.available, msg.sequence_number)
+        else:
+            heapq.heappush(entity.available, msg.sequence_number)
         self._pending[entity.path] = None
 
     def _discard(self, entity: _Receivable, msg: BrokerMessage) -> None:
@@ -974,6 +1359,13 @@ class Broker:
         entity.order.removed(entity.messages)
         if msg.lock_token is not None:
             entity.locks.pop(msg.lock_token, None)
+        if entity.requires_session:
+            session_id = msg.meta.session_id or ""
+            session = entity.sessions.get(session_id)
+            if session is not None:
+                session.count -= 1
+                session.held.discard(seq)
+                self._forget_if_idle(entity, session_id)
         if self._journal is not None:
             entity.blob_ids.pop(seq, None)
             self._journal.delete(entity.key, seq)
@@ -982,13 +1374,24 @@ class Broker:
         return _Payload(msg.bare, entity.blob_ids.get(msg.sequence_number))
 
     def _hand_out(
-        self, entity: _Receivable, msg: BrokerMessage, now: datetime, peek_lock: bool
+        self,
+        entity: _Receivable,
+        msg: BrokerMessage,
+        now: datetime,
+        peek_lock: bool,
+        session: _Session | None = None,
     ) -> BrokerMessage:
         if not peek_lock:
             self._discard(entity, msg)
             return copy.copy(msg)
         token = uuid.uuid4()
         msg.lock_token = token
+        if session is not None:
+            # Held by the session lock: it ends (and is renewed) with the session's.
+            msg.locked_until = session.locked_until
+            entity.locks[token] = msg.sequence_number
+            session.held.add(msg.sequence_number)
+            return copy.copy(msg)
         msg.locked_until = now + entity.options.lock_duration
         entity.locks[token] = msg.sequence_number
         self._push(msg.locked_until, _Due.LOCK, entity, msg.sequence_number, token)
@@ -1008,6 +1411,10 @@ class Broker:
     def _unlock(self, entity: _Receivable, msg: BrokerMessage) -> None:
         if msg.lock_token is not None:
             entity.locks.pop(msg.lock_token, None)
+        if entity.requires_session:
+            session = entity.sessions.get(msg.meta.session_id or "")
+            if session is not None:
+                session.held.discard(msg.sequence_number)
         msg.lock_token = None
         msg.locked_until = None
 
@@ -1039,8 +1446,7 @@ class Broker:
             self._expire(entity, msg, now)
             return
         if msg.state is MessageState.ACTIVE:
-            heapq.heappush(entity.available, msg.sequence_number)
-            self._pending[entity.path] = None
+            self._make_available(entity, msg)
 
     def _expired(self, entity: _Receivable, msg: BrokerMessage, now: datetime) -> bool:
         return (
@@ -1124,9 +1530,15 @@ class Broker:
     ) -> None:
         heapq.heappush(self._deadlines, (when, next(self._tiebreak), due, entity, seq, token))
 
-    def _live(self, deadline: _Deadline) -> BrokerMessage | None:
-        """The message a deadline still applies to, or None if the deadline went stale."""
+    def _live(self, deadline: _Deadline) -> BrokerMessage | _Session | None:
+        """The message (or session) a deadline still applies to, or None if it went stale."""
         when, _, due, entity, seq, token = deadline
+        if due is _Due.SESSION_LOCK:
+            session_id = entity.session_locks.get(token) if token is not None else None
+            session = entity.sessions.get(session_id) if session_id is not None else None
+            if session is not None and session.lock_token == token and session.locked_until == when:
+                return session
+            return None
         msg = entity.messages.get(seq)
         if msg is None:
             return None
@@ -1149,8 +1561,11 @@ class Broker:
             msg = self._live(deadline)
             if msg is None:
                 continue
-            _, _, due, entity, _, _ = deadline
-            if due is _Due.LOCK:
+            _, _, due, entity, _, token = deadline
+            if isinstance(msg, _Session):
+                assert token is not None
+                self._session_expired(entity, entity.session_locks[token], msg, now)
+            elif due is _Due.LOCK:
                 self._lock_expired(entity, msg, now)
             elif due is _Due.TTL:
                 if not entity.is_dead_letter:
@@ -1168,6 +1583,13 @@ class Broker:
     # Internals: listeners and recovery
 
     def _fire(self) -> None:
+        while self._lost:
+            path, token = self._lost.pop(0)
+            for lost_callback in list(self._session_listeners):
+                try:
+                    lost_callback(path, token)
+                except Exception:
+                    _log.exception("broker session listener failed for %s", path)
         while self._pending:
             paths = list(self._pending)
             self._pending.clear()
@@ -1184,7 +1606,11 @@ class Broker:
         messages: dict[str, list[tuple[BrokerMessage, int]]] = {}
         counters: dict[str, int] = {}
         dedup: dict[str, dict[str, datetime]] = {}
+        states: dict[str, dict[str, tuple[bytes, datetime]]] = {}
         for entity in self._receivables.values():
+            for session_id, session in entity.sessions.items():
+                if session.state is not None and session.updated is not None:
+                    states.setdefault(entity.key, {})[session_id] = (session.state, session.updated)
             if entity.messages:
                 messages[entity.key] = [
                     (msg, entity.blob_ids[seq]) for seq, msg in entity.messages.items()
@@ -1196,7 +1622,7 @@ class Broker:
                 counters[target.key] = target.next_seq - 1
             if target.dedup is not None and target.dedup.seen:
                 dedup[target.key] = dict(target.dedup.seen)
-        journal.rewrite(messages, counters, dedup)
+        journal.rewrite(messages, counters, dedup, states)
 
     def _restore(self, persistence: Persistence) -> None:
         recovered = persistence.recover()
@@ -1236,9 +1662,23 @@ class Broker:
                     continue
                 if msg.expires_at is not None and not entity.is_dead_letter:
                     self._push(msg.expires_at, _Due.TTL, entity, msg.sequence_number, None)
-                if msg.state is MessageState.ACTIVE:
+                if entity.requires_session:
+                    session = self._session(entity, msg.meta.session_id or "")
+                    session.count += 1
+                    if msg.state is MessageState.ACTIVE:
+                        session.available.append(msg.sequence_number)
+                elif msg.state is MessageState.ACTIVE:
                     entity.available.append(msg.sequence_number)
             heapq.heapify(entity.available)
+            for session in entity.sessions.values():
+                heapq.heapify(session.available)
+        for key, states in recovered.session_states.items():
+            entity = self._receivables.get(key)
+            if entity is None or not entity.requires_session:
+                continue
+            for session_id, (state, updated) in states.items():
+                session = self._session(entity, session_id)
+                session.state, session.updated = state, updated
         for key, seen in recovered.dedup.items():
             target = self._sendables.get(key)
             if target is not None and target.dedup is not None:

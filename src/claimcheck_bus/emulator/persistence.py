@@ -41,6 +41,7 @@ _MAGIC = b"CCBJRNL1"
 _HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
 _BLOB_ID = struct.Struct("<Q")
 _BLOB, _PUT, _UPDATE, _DELETE, _SEQUENCE, _DEDUP = b"B", b"P", b"U", b"D", b"S", b"I"
+_SESSION_STATE = b"T"
 _MAX_RECORD = 0xFFFFFFFF
 _IOV_MAX = 512
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -57,6 +58,8 @@ class Recovered:
     messages: dict[str, list[tuple[BrokerMessage, int]]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)  # highest sequence number per entity
     dedup: dict[str, dict[str, datetime]] = field(default_factory=dict)
+    # entity key -> session id -> (state, when it was set); cleared states are absent
+    session_states: dict[str, dict[str, tuple[bytes, datetime]]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +245,7 @@ class Persistence:
         self._buffered = 0
         self._counters: dict[str, int] = {}
         self._dedup: dict[str, dict[str, datetime]] = {}
+        self._session_states: dict[str, dict[str, tuple[bytes, datetime]]] = {}
         self.bytes_written = 0  # for tests and stats: what commits appended
         # What the live messages need, to know when the journal is mostly dead.
         self._refs: dict[tuple[str, int], int] = {}  # (entity key, seq) -> blob id
@@ -281,6 +285,7 @@ class Persistence:
             )
         recovered = self._build(state, data)
         recovered.counters, recovered.dedup = self._counters, self._dedup
+        recovered.session_states = self._session_states
         self._next_blob = max(blobs, default=0) + 1
         for blob_id, blob in data.items():
             self._blob_sizes[blob_id] = len(blob)
@@ -306,11 +311,12 @@ class Persistence:
         messages: dict[str, list[tuple[BrokerMessage, int]]],
         counters: dict[str, int],
         dedup: dict[str, dict[str, datetime]],
+        session_states: dict[str, dict[str, tuple[bytes, datetime]]] | None = None,
     ) -> None:
         """Compact: replace the journal by one holding exactly this state (atomic by rename)."""
         self._commit(force_sync=False)
         data = {blob_id: msg.bare for stored in messages.values() for msg, blob_id in stored}
-        self._write_fresh(Recovered(messages, counters, dedup), data)
+        self._write_fresh(Recovered(messages, counters, dedup, session_states or {}), data)
 
     def _reference(self, key: str, seq: int, blob_id: int) -> None:
         if (key, seq) in self._refs:
@@ -362,6 +368,13 @@ class Persistence:
                     self._count(key, seq)
                 elif kind == _DEDUP:
                     self._dedup.setdefault(key, {})[record["id"]] = _from_micros(record["t"])
+                elif kind == _SESSION_STATE:
+                    states = self._session_states.setdefault(key, {})
+                    if record.get("v") is None:
+                        states.pop(record["id"], None)
+                    else:
+                        value = base64.b64decode(record["v"])
+                        states[record["id"]] = (value, _from_micros(record["t"]))
             end = offset + len(payload)
         return state, blobs, end
 
@@ -411,6 +424,9 @@ class Persistence:
             for key, seen in recovered.dedup.items():
                 for message_id, when in seen.items():
                     self.dedup(key, message_id, when)
+            for key, states in recovered.session_states.items():
+                for session_id, (state, when) in states.items():
+                    self.session_state(key, session_id, state, when)
             written: set[int] = set()
             for key, stored in recovered.messages.items():
                 for msg, blob_id in stored:
@@ -480,6 +496,12 @@ class Persistence:
     def dedup(self, key: str, message_id: str, when: datetime) -> None:
         """A message id entered the duplicate detection history of ``key``."""
         self._append([_DEDUP + _json({"k": key, "id": message_id, "t": _micros(when)})])
+
+    def session_state(self, key: str, session_id: str, state: bytes | None, when: datetime) -> None:
+        """A session's state was set (None: cleared)."""
+        value = None if state is None else base64.b64encode(state).decode("ascii")
+        record = {"k": key, "id": session_id, "v": value, "t": _micros(when)}
+        self._append([_SESSION_STATE + _json(record)])
 
     def _append(self, payload_parts: list[bytes | memoryview]) -> None:
         if self._fd is None:

@@ -61,6 +61,8 @@ from .broker import (
     MessageMeta,
     MessageState,
     Rewrite,
+    SessionLock,
+    SessionLockLost,
 )
 from .config import EmulatorConfig
 from .sql_filter import Changes
@@ -90,6 +92,13 @@ BATCH_ENVELOPE_ROOM = 2
 DISPOSITION_RANGE_LIMIT = 10_000
 
 DEAD_LETTER_CONDITION = "com.microsoft:dead-letter"
+SESSION_FILTER = "com.microsoft:session-filter"
+LOCKED_UNTIL_UTC = "com.microsoft:locked-until-utc"
+OPERATION_TIMEOUT = "com.microsoft:timeout"
+# What Service Bus waits for a next-available session when the client names no timeout.
+DEFAULT_SESSION_WAIT_MS = 60_000
+# .NET DateTime ticks (100 ns) at the Unix epoch: locked-until-utc travels as ticks.
+DOTNET_TICKS_AT_EPOCH = 621_355_968_000_000_000
 LOCK_LOST_CONDITION = "com.microsoft:message-lock-lost"
 
 ROLE_SENDER = False
@@ -171,6 +180,31 @@ def meta_from_message(parsed: ParsedMessage) -> MessageMeta:
         application_properties=app,
         delivery_annotations=parsed.delivery_annotations,
     )
+
+
+def session_filter(source: Source | None) -> tuple[bool, str | None]:
+    """(asks for a session, which one: None = next available) from a receiver's source."""
+    if source is None or not isinstance(source.filter, Mapping):
+        return False, None
+    for key, value in source.filter.items():
+        if _text(key) == SESSION_FILTER:
+            return True, _text(value)
+    return False, None
+
+
+def dotnet_ticks(when: datetime) -> int:
+    """A UTC time as .NET DateTime ticks, as Service Bus sends com.microsoft:locked-until-utc."""
+    delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return DOTNET_TICKS_AT_EPOCH + (delta // timedelta(microseconds=1)) * 10
+
+
+def session_wait(properties: object) -> float:
+    """Seconds a next-available receiver waits for a session: its com.microsoft:timeout (ms)."""
+    if isinstance(properties, Mapping):
+        for key, value in properties.items():
+            if _text(key) == OPERATION_TIMEOUT and isinstance(value, int):
+                return max(0, int(value)) / 1000
+    return DEFAULT_SESSION_WAIT_MS / 1000
 
 
 def new_message_id() -> str:
@@ -376,11 +410,14 @@ class AmqpServer:
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
         self._receivers: dict[str, set[OutgoingLink]] = {}
+        self._session_holders: dict[uuid.UUID, OutgoingLink] = {}
+        self._session_waiters: dict[str, list[OutgoingLink]] = {}  # by entity, oldest first
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tick_soon = False
         self._sweeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         broker.add_listener(self._on_receivable)
+        broker.add_session_listener(self._on_session_lost)
 
     @property
     def port(self) -> int:
@@ -454,6 +491,38 @@ class AmqpServer:
     def _on_receivable(self, path: str) -> None:
         for link in list(self._receivers.get(path.lower(), ())):
             link.wake()
+        for waiter in list(self._session_waiters.get(path.lower(), ())):
+            if not waiter.try_accept_session():
+                break  # nothing more to hand out; later waiters keep waiting, in order
+
+    def _on_session_lost(self, path: str, token: uuid.UUID) -> None:
+        link = self._session_holders.pop(token, None)
+        if link is not None:
+            link.session_lost()
+
+    def hold(self, link: OutgoingLink, lock: SessionLock) -> None:
+        """Remember which link holds a session lock (to detach it if the lock expires)."""
+        self._session_holders[lock.token] = link
+
+    def unhold(self, lock: SessionLock) -> None:
+        """Forget a session lock's holder."""
+        self._session_holders.pop(lock.token, None)
+
+    def wait_for_session(self, link: OutgoingLink) -> None:
+        """Park a next-available receiver until a session frees up or its wait ends."""
+        self._session_waiters.setdefault(link.path.lower(), []).append(link)
+
+    def session_waiters(self, path: str) -> int:
+        """How many next-available receivers wait for a session of the entity."""
+        return len(self._session_waiters.get(path.lower(), ()))
+
+    def stop_waiting(self, link: OutgoingLink) -> None:
+        """Unpark a receiver (it got a session, timed out, or went away)."""
+        waiters = self._session_waiters.get(link.path.lower())
+        if waiters is not None and link in waiters:
+            waiters.remove(link)
+            if not waiters:
+                del self._session_waiters[link.path.lower()]
 
     async def _sweep(self) -> None:
         # A safety net: wake every receiver with credit once a second, in case a state change
@@ -779,6 +848,9 @@ class Session:
         link = self.links.pop(int(frame.handle), None)
         if link is None:
             return
+        if not link.replied and not link.detached_by_us:
+            # The client gave up waiting for a session: answer its attach before the detach.
+            link.reply_attach(ROLE_SENDER, None, None, refused=True)
         link.closed()
         if not link.detached_by_us:
             self.send(Detach(handle=link.handle, closed=bool(frame.closed)))
@@ -890,6 +962,7 @@ class Link:
         self.remote_attach = attach
         self.detached_by_us = False
         self.is_closed = False
+        self.replied = False  # whether our attach went out (a session wait holds it back)
 
     def reply_attach(
         self, role: bool, source: Source | None, target: Any, *, refused: bool = False, **extra: Any
@@ -899,6 +972,7 @@ class Link:
         A refused link gets null terminus (then a detach with the error), as Service Bus does:
         the SDK then reports the detach's condition instead of failing later on first use.
         """
+        self.replied = True
         self.session.send(
             Attach(
                 name=self.name,
@@ -1083,8 +1157,11 @@ class IncomingLink(Link):
         except DecodeError as exc:
             return Rejected(error=_error("amqp:decode-error", str(exc)[:200]))
         try:
-            for item in parsed:
-                self.broker.send(self.entity, item.bare, meta_from_message(item))
+            metas = [meta_from_message(item) for item in parsed]
+            for meta in metas:
+                self.broker.check_send(self.entity, meta)  # a batch is all or nothing
+            for item, meta in zip(parsed, metas, strict=True):
+                self.broker.send(self.entity, item.bare, meta)
             self.broker.flush()
         except BrokerError as exc:
             return Rejected(error=_error(exc.condition, exc.description))
@@ -1149,6 +1226,25 @@ class IncomingLink(Link):
         self._respond(request, app)
         return Accepted()
 
+    def _holder(self, link_name: str | None) -> uuid.UUID | None:
+        """The session lock held by the named receiver link on this connection.
+
+        A request that names a link holding no session gets a token nothing matches, so
+        session operations fail with session-lock-lost rather than act on another's session.
+        """
+        if not link_name:
+            return None
+        for session in self.conn.sessions.values():
+            for link in session.links.values():
+                if (
+                    isinstance(link, OutgoingLink)
+                    and link.name == link_name
+                    and not link.is_closed
+                    and link.session_lock is not None
+                ):
+                    return link.session_lock.token
+        return uuid.uuid4()
+
     def _management(self, data: bytearray) -> Composite:
         try:
             request = message.parse_message(data, decode_value=True)
@@ -1156,7 +1252,8 @@ class IncomingLink(Link):
             return Rejected(error=_error("amqp:decode-error", str(exc)[:200]))
         operation = _text(request.application_properties.get("operation")) or ""
         body = request.body if isinstance(request.body, dict) else {}
-        result = Management(self.broker, self.entity).handle(operation, body)
+        holder = self._holder(_text(request.application_properties.get("associated-link-name")))
+        result = Management(self.broker, self.entity, holder).handle(operation, body)
         self.server.changed()
         app: dict[str, object] = {
             "statusCode": Int(result.status),
@@ -1180,6 +1277,10 @@ class OutgoingLink(Link):
         self.kind = "entity"
         self._pumping = False
         self._drain = False
+        self.session_lock: SessionLock | None = None
+        self._source: Source | None = None
+        self._target: Any = None
+        self._wait_handle: asyncio.TimerHandle | None = None
 
     def attach(self, source: Source | None, target: Any) -> None:
         """Accept the link (or refuse an unknown entity)."""
@@ -1199,28 +1300,128 @@ class OutgoingLink(Link):
             error = _error(
                 "amqp:unauthorized-access", f"No valid put-token for '{entity}' on this connection."
             )
-        elif (
-            source is not None
-            and isinstance(source.filter, Mapping)
-            and any("session-filter" in str(k) for k in source.filter)
-        ):
-            error = _error("amqp:not-implemented", "The emulator does not support sessions yet.")
         if error is not None:
             self.refuse(ROLE_SENDER, source, target, error)
             return
+        wants_session, session_id = session_filter(source)
+        if wants_session:
+            self._source, self._target = source, target
+            try:
+                lock = self.broker.accept_session(entity, session_id)
+            except BrokerError as exc:
+                self.refuse(ROLE_SENDER, source, target, _error(exc.condition, exc.description))
+                return
+            if lock is None:
+                self._wait_for_session()
+            else:
+                self._attach_session(lock)
+            return
+        if self.broker.requires_session(entity):
+            self.refuse(
+                ROLE_SENDER,
+                source,
+                target,
+                _error(
+                    "amqp:not-allowed",
+                    "It is not possible for an entity that requires sessions to create a "
+                    "non-sessionful message receiver.",
+                ),
+            )
+            return
+        self._accepted(source, target)
+
+    def _accepted(self, source: Source | None, target: Any, **extra: Any) -> None:
         self.reply_attach(
             ROLE_SENDER,
             source,
             target,
             initial_delivery_count=0,
             max_message_size=self.server.settings.max_message_size,
+            **extra,
         )
         self.server.register(self)
 
+    # ------------------------------------------------------------------ sessions
+
+    def _attach_session(self, lock: SessionLock) -> None:
+        """Answer the attach for a locked session: its id in the filter, the lock's expiry."""
+        self.session_lock = lock
+        self.server.hold(self, lock)
+        base = self._source or Source(address=None)
+        source = replace(base, filter={Symbol(SESSION_FILTER): lock.session_id})
+        properties = {Symbol(LOCKED_UNTIL_UTC): Long(dotnet_ticks(lock.locked_until))}
+        self._accepted(source, self._target, properties=properties)
+        self.server.changed()
+
+    def _wait_for_session(self) -> None:
+        wait = session_wait(self.remote_attach.properties)
+        self.server.wait_for_session(self)
+        loop = asyncio.get_running_loop()
+        self._wait_handle = loop.call_later(wait, self._session_wait_over)
+
+    def try_accept_session(self) -> bool:
+        """A waiting next-available receiver tries again; True if it got a session."""
+        if self.is_closed or self.session_lock is not None:
+            self.server.stop_waiting(self)
+            return True
+        try:
+            lock = self.broker.accept_session(self.path, None)
+        except BrokerError as exc:
+            self._stop_waiting()
+            self.refuse(
+                ROLE_SENDER, self._source, self._target, _error(exc.condition, exc.description)
+            )
+            return True
+        if lock is None:
+            return False
+        self._stop_waiting()
+        self._attach_session(lock)
+        return True
+
+    def _stop_waiting(self) -> None:
+        self.server.stop_waiting(self)
+        if self._wait_handle is not None:
+            self._wait_handle.cancel()
+            self._wait_handle = None
+
+    def _session_wait_over(self) -> None:
+        self._wait_handle = None
+        self.server.stop_waiting(self)
+        if self.is_closed or self.session_lock is not None:
+            return
+        self.refuse(
+            ROLE_SENDER,
+            self._source,
+            self._target,
+            _error(
+                OPERATION_TIMEOUT,
+                "No session with messages became available within the receiver's timeout.",
+            ),
+        )
+
+    def session_lost(self) -> None:
+        """The session lock expired: detach, as Service Bus does, with session-lock-lost."""
+        self.detach(
+            _error(
+                SessionLockLost.condition,
+                "The session lock has expired on the session. Accept the session again.",
+            )
+        )
+
     def closed(self) -> None:
-        """Stop pumping; locks of unsettled deliveries expire on their own."""
+        """Stop pumping; locks of unsettled deliveries expire on their own, but a session is
+        released at once (its unsettled messages return, counted as a delivery)."""
         super().closed()
         self.server.unregister(self)
+        self._stop_waiting()
+        lock, self.session_lock = self.session_lock, None
+        if lock is not None:
+            self.server.unhold(lock)
+            try:
+                self.broker.release_session(self.path, lock)
+            except BrokerError:
+                _log.debug("releasing session %s on %s failed", lock.session_id, self.path)
+            self.server.changed()
 
     def on_flow(self, frame: Flow) -> None:
         """Update credit from the client's view: delivery-count + link-credit - ours."""
@@ -1292,7 +1493,9 @@ class OutgoingLink(Link):
             return sent
         count = min(self.credit, MAX_DELIVERIES_PER_RECEIVE)
         try:
-            batch = self.broker.receive(self.path, count, peek_lock=self.peek_lock)
+            batch = self.broker.receive(
+                self.path, count, peek_lock=self.peek_lock, session=self.session_lock
+            )
         except BrokerError as exc:
             self.detach(_error(exc.condition, exc.description))
             return 0
@@ -1345,12 +1548,32 @@ def _as_uuid(value: object) -> uuid.UUID:
     return uuid.UUID(str(value))
 
 
+# get-message-sessions without a cutoff sends DateTime.MaxValue (year 10000) as milliseconds.
+NO_CUTOFF_MS = 253_402_300_800_000
+MAX_SESSIONS_PAGE = 1000
+
+
+def state_cutoff(value: object) -> datetime | None:
+    """get-message-sessions' last-updated-time: None for the "no cutoff" sentinel."""
+    if value is None:
+        return None
+    millis = int(value) if isinstance(value, int) else Timestamp.from_datetime(value)  # type: ignore[arg-type]
+    if millis >= NO_CUTOFF_MS - 1:
+        return None
+    return Timestamp(millis).to_datetime()
+
+
 @dataclass
 class Management:
-    """The `$management` operations of one entity, as request map -> ManagementResult."""
+    """The `$management` operations of one entity, as request map -> ManagementResult.
+
+    ``holder`` is the session lock of the receiver link the request names
+    (associated-link-name); None when it names none, and then any holder will do.
+    """
 
     broker: Broker
     path: str
+    holder: uuid.UUID | None = None
     handlers: dict[str, Callable[[dict[Any, Any]], ManagementResult]] = field(
         init=False, repr=False
     )
@@ -1363,6 +1586,10 @@ class Management:
             "com.microsoft:cancel-scheduled-message": self.cancel,
             "com.microsoft:update-disposition": self.update_disposition,
             "com.microsoft:receive-by-sequence-number": self.receive_by_sequence_number,
+            "com.microsoft:renew-session-lock": self.renew_session_lock,
+            "com.microsoft:get-session-state": self.get_session_state,
+            "com.microsoft:set-session-state": self.set_session_state,
+            "com.microsoft:get-message-sessions": self.get_message_sessions,
         }
 
     def handle(self, operation: str, body: dict[Any, Any]) -> ManagementResult:
@@ -1375,7 +1602,7 @@ class Management:
             )  # fmt: skip
         try:
             return handler(body)
-        except LockLost as exc:
+        except (LockLost, SessionLockLost) as exc:
             return ManagementResult(410, exc.description, exc.condition)
         except EntityNotFound as exc:
             return ManagementResult(404, exc.description, exc.condition)
@@ -1399,7 +1626,7 @@ class Management:
         """Browse messages from a sequence number without locking them."""
         start = int(body.get("from-sequence-number", 0))
         count = max(0, min(int(body.get("message-count", 1)), 1000))
-        found = self.broker.peek(self.path, start, count)
+        found = self.broker.peek(self.path, start, count, _text(body.get("session-id")))
         if not found:
             return ManagementResult(204, "No messages")
         rendered = [{"message": bytes(render_message(m, locked=False))} for m in found]
@@ -1442,6 +1669,10 @@ class Management:
             _text(body.get("deadletter-description")),
             properties_to_modify(body.get("properties-to-modify")),
         )
+        session_id = _text(body.get("session-id"))
+        if session_id is not None:
+            # Settling in a session takes holding it (the receiver the request names).
+            self.broker.check_session(self.path, session_id, self.holder)
         for token in _items(body["lock-tokens"]):
             apply_settlement(self.broker, self.path, _as_uuid(token), action)
         return ManagementResult(body={})
@@ -1450,7 +1681,13 @@ class Management:
         """Receive deferred messages by sequence number (peek-lock when settle mode is 1)."""
         numbers = [int(n) for n in _items(body["sequence-numbers"])]
         peek_lock = int(body.get("receiver-settle-mode", 1)) == 1
-        found = self.broker.receive_deferred(self.path, numbers, peek_lock=peek_lock)
+        found = self.broker.receive_deferred(
+            self.path,
+            numbers,
+            peek_lock=peek_lock,
+            session_id=_text(body.get("session-id")),
+            token=self.holder,
+        )
         rendered: list[dict[str, object]] = []
         for m in found:
             entry: dict[str, object] = {"message": bytes(render_message(m, locked=peek_lock))}
@@ -1458,6 +1695,40 @@ class Management:
                 entry["lock-token"] = m.lock_token
             rendered.append(entry)
         return ManagementResult(body={"messages": rendered})
+
+    def _session_id(self, body: dict[Any, Any]) -> str:
+        session_id = _text(body["session-id"])
+        if session_id is None:
+            raise ValueError("session-id is required")
+        return session_id
+
+    def renew_session_lock(self, body: dict[Any, Any]) -> ManagementResult:
+        """Extend the held session's lock; lost: 410 session-lock-lost."""
+        until = self.broker.renew_session_lock(self.path, self._session_id(body), self.holder)
+        return ManagementResult(body={"expiration": Timestamp.from_datetime(until)})
+
+    def get_session_state(self, body: dict[Any, Any]) -> ManagementResult:
+        """The held session's state (null when none was set)."""
+        state = self.broker.session_state(self.path, self._session_id(body), self.holder)
+        return ManagementResult(body={"session-state": state})
+
+    def set_session_state(self, body: dict[Any, Any]) -> ManagementResult:
+        """Set (null: clear) the held session's state."""
+        raw = body.get("session-state")
+        state = None if raw is None else bytes(raw) if not isinstance(raw, str) else raw.encode()
+        self.broker.set_session_state(self.path, self._session_id(body), self.holder, state)
+        self.broker.flush()
+        return ManagementResult(body={})
+
+    def get_message_sessions(self, body: dict[Any, Any]) -> ManagementResult:
+        """A page of the entity's session ids; none: 204."""
+        skip = max(0, int(body.get("skip", 0)))
+        top = max(0, min(int(body.get("top", 100)), MAX_SESSIONS_PAGE))
+        cutoff = state_cutoff(body.get("last-updated-time"))
+        ids = self.broker.list_sessions(self.path, cutoff, skip, top)
+        if not ids:
+            return ManagementResult(204, "No sessions", "com.microsoft:session-not-found")
+        return ManagementResult(body={"skip": Int(skip), "sessions-ids": ids})
 
 
 # --------------------------------------------------------------------------------------------
