@@ -115,8 +115,8 @@ def fuzz_receive(
 
 def fuzz_urls(urls: int) -> list[tuple[str, Callable[[], None]]]:
     """The suite's pure URL properties, with ``urls`` cases each (the long profile)."""
-    os.environ["CLAIMCHECK_FUZZ_PROFILE"] = "long"
-    os.environ["CLAIMCHECK_FUZZ_EXAMPLES"] = str(urls)
+    os.environ["CLAIMCHECK_TEST_FUZZ_PROFILE"] = "long"
+    os.environ["CLAIMCHECK_TEST_FUZZ_EXAMPLES"] = str(urls)
     import test_url_confinement as pure
 
     names = (

@@ -3,8 +3,8 @@ rest of the suite keeps its own settings).
 
 ``quick`` is what the suite runs: derandomized (the same cases on every machine, so CI is
 reproducible), no example database, no deadline (the receive path's time is asserted by the
-tests themselves). ``long`` is the benchmark's: random, many cases. ``CLAIMCHECK_FUZZ_PROFILE``
-picks one for the suite, ``CLAIMCHECK_FUZZ_EXAMPLES`` overrides the number of cases.
+tests themselves). ``long`` is the benchmark's: random, many cases. ``CLAIMCHECK_TEST_FUZZ_PROFILE``
+picks one for the suite, ``CLAIMCHECK_TEST_FUZZ_EXAMPLES`` overrides the number of cases.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ def fuzz_settings(
     where each failing case costs a second of SDK link set-up, shrinking one failure takes
     minutes. Their batches are small anyway; the long run shrinks.
     """
-    profile = os.environ.get("CLAIMCHECK_FUZZ_PROFILE", "quick")
+    profile = os.environ.get("CLAIMCHECK_TEST_FUZZ_PROFILE", "quick")
     parent = settings.get_profile(f"claimcheck-fuzz-{profile}")
     examples = quick_examples if profile == "quick" else (long_examples or quick_examples * 100)
-    override = os.environ.get("CLAIMCHECK_FUZZ_EXAMPLES")
+    override = os.environ.get("CLAIMCHECK_TEST_FUZZ_EXAMPLES")
     phases = tuple(Phase)
     if profile == "quick" and not quick_shrink:
         phases = tuple(phase for phase in Phase if phase not in (Phase.shrink, Phase.explain))
