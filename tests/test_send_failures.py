@@ -13,8 +13,12 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
 )
 
+from claimcheck_bus.claim_check.send_failures import (
+    is_credential_refusal,
+    retry_after_probe,
+    send_failure,
+)
 from claimcheck_bus.errors import ConfigurationError, SendTimeoutError
-from claimcheck_bus.send_failures import is_credential_refusal, retry_after_probe, send_failure
 
 
 def failure(error: BaseException, *, uses_connection_string: bool = True) -> object:

@@ -32,10 +32,10 @@ from claimcheck_bus.claim_check.publication import (
     publish_options,
 )
 from claimcheck_bus.claim_check.rehydration import EventView, decode, incoming_from
+from claimcheck_bus.claim_check.send_failures import retry_after_probe, send_failure
 from claimcheck_bus.claim_check.wire import Route
 from claimcheck_bus.errors import BatchPublishError
 from claimcheck_bus.payloads.budget import PayloadHold
-from claimcheck_bus.send_failures import retry_after_probe, send_failure
 from claimcheck_bus.settings import BusSettings
 
 T = TypeVar("T")
