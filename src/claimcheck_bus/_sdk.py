@@ -160,8 +160,8 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 def body_bytes(message: Any) -> bytes:
     """A received message's body as bytes, or :class:`BodyShapeError` saying why it has none.
 
-    Accepted: data sections (joined), an AMQP value holding a string or bytes, no body. Every
-    other shape (an AMQP sequence, a value holding a number, list or map) is refused before
+    Accepted: data sections (joined) and an AMQP value holding a string or bytes. Every other
+    shape (an AMQP sequence, a value holding null, a number, a list or a map) is refused before
     anything is converted: ``bytes(10**9)`` of a 20-byte integer would allocate a gigabyte.
     Works for the SDK's ``ServiceBusReceivedMessage`` (by its ``body_type``), Azure Functions'
     message (``get_body()``) and plain objects with a ``body``.
@@ -174,7 +174,7 @@ def body_bytes(message: Any) -> bytes:
         body = message.body
         if kind == "sequence":
             raise BodyShapeError("an AMQP sequence")
-        if kind == "value" and not isinstance(body, (str, *_BYTES_LIKE)) and body is not None:
+        if kind == "value" and not isinstance(body, (str, *_BYTES_LIKE)):
             raise BodyShapeError(f"an AMQP value holding {_shape(body)}")
     if body is None:
         return b""
@@ -194,7 +194,14 @@ class BodyShapeError(ValueError):
     """A message body of a shape no event can be read from; the text names the shape."""
 
 
-_SHAPES = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "a map"}
+_SHAPES = {
+    type(None): "null",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    list: "a list",
+    dict: "a map",
+}
 
 
 def _shape(value: Any) -> str:

@@ -26,7 +26,7 @@ from claimcheck_bus.claim_check.rehydration import (
     Fetch,
     IncomingMessage,
     ReceivePolicy,
-    may_read_with_credentials,
+    may_use_credentials,
     plan,
 )
 from claimcheck_bus.claim_check.urls import TrustedEndpoint, own_endpoint
@@ -45,10 +45,9 @@ AZURE = own_endpoint("https://contoso.blob.core.windows.net", "claim-check")
 POLICY = ReceivePolicy(trusted=(OWN, AZURE), own=OWN)
 
 
-def planned(url: str) -> Fetch | None:
-    """Plan the fetch of a claim-checked message carrying ``url``; None when it was refused
-    with a typed error (any other outcome fails the test)."""
-    incoming = IncomingMessage(
+def incoming_with(url: str) -> IncomingMessage:
+    """A claim-checked message ``m-1`` on ``orders`` carrying ``url``."""
+    return IncomingMessage(
         message_id="m-1",
         content_type="application/json",
         subject="OrderCreated",
@@ -56,6 +55,12 @@ def planned(url: str) -> Fetch | None:
         body=b"",
         entity="orders",
     )
+
+
+def planned(url: str) -> Fetch | None:
+    """Plan the fetch of a claim-checked message carrying ``url``; None when it was refused
+    with a typed error (any other outcome fails the test)."""
+    incoming = incoming_with(url)
     refused: MessageError | None = None
     try:
         fetch = plan(incoming, POLICY)
@@ -103,9 +108,11 @@ def assert_sent_where_checked(fetch: Fetch) -> None:
         httpx.URL("http://x/" + raw_path[len(prefix) :]).path
         == httpx.URL("http://x/" + expected).path
     ), f"httpx would request {raw_path!r} for blob {name!r}"
-    # The store's own requests (fallback read, delete) go to this container only.
-    if may_read_with_credentials(fetch, POLICY):
+    # The store's own requests (fallback read, delete) go to this container only, and only
+    # for the message's own payload.
+    if may_use_credentials(fetch, POLICY, incoming_with(fetch.location.url)):
         assert endpoint == OWN
+        assert name.startswith("orders/") and name.endswith("/m-1.json")
 
 
 # Issue 16's traversal and the parser differentials the fuzzing found, kept by name.

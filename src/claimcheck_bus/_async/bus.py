@@ -477,9 +477,10 @@ class AsyncReceivedEvent(EventView[T]):
         self._data: tuple[T] | None = None
         self._error: Exception | None = None
         # Its payload's share of the reader's budget, given back once settled (or, for an
-        # event dropped unsettled, once collected).
+        # event dropped unsettled, once collected). Inline payloads take none of it.
         self._hold = PayloadHold()
-        weakref.finalize(self, payloads.release, self._hold)
+        if self.is_claim_check:
+            weakref.finalize(self, payloads.release, self._hold)
 
     async def load(self, *, raise_errors: bool = True) -> None:
         """Fetch and decode the payload, so that ``.data`` is available."""
