@@ -112,7 +112,8 @@ def assert_sent_where_checked(fetch: Fetch) -> None:
     # for the message's own payload.
     if may_use_credentials(fetch, POLICY, incoming_with(fetch.location.url)):
         assert endpoint == OWN
-        assert name.startswith("orders/") and name.endswith("/m-1.json")
+        assert name.startswith("orders/")
+        assert name.endswith("/m-1.json")
 
 
 # Issue 16's traversal and the parser differentials the fuzzing found, kept by name.
