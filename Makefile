@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 
-.PHONY: setup test lint demo clean sync
+.PHONY: setup test lint docs demo clean sync
 
 setup: $(PIP_STAMP) $(NPM_STAMP)
 
@@ -14,7 +14,7 @@ $(PIP_STAMP): pyproject.toml
 	@echo "==> Python environment in $(VENV)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,postgres,samples,cli]'
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,docs,postgres,samples,cli]'
 	@touch $@
 
 $(NPM_STAMP): package.json package-lock.json
@@ -31,9 +31,14 @@ lint: $(PIP_STAMP)
 	@$(PY) -m ruff format --check $(LINT_PATHS)
 	@$(PY) -m mypy
 
-test: setup lint
+test: setup lint docs
 	@echo "==> pytest"
 	@$(PY) -m pytest
+
+# The docs site, strictly: a broken link or a docstring mkdocstrings cannot read fails the build.
+docs: $(PIP_STAMP)
+	@echo "==> mkdocs build --strict (into site/, git-ignored)"
+	@NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir site
 
 # Regenerate src/claimcheck_bus/_sync from src/claimcheck_bus/_async after editing the latter.
 sync: $(PIP_STAMP)
@@ -44,4 +49,4 @@ demo: setup
 	@$(PY) samples/demo.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules site .pytest_cache .mypy_cache .ruff_cache

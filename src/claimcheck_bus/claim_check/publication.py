@@ -117,7 +117,7 @@ class Publication:
 
     @property
     def blob_name(self) -> str:
-        """WIRE.md's ``{entity}/{EventTypeName}/{id}.json``: a retried publish reuses its blob."""
+        """``{entity}/{EventTypeName}/{id}.json`` (docs/wire-format.md): a retry reuses its blob."""
         return blob_name_for(self.entity, self.event.event_type, self.message_id)
 
     def _message(self, body: bytes, properties: dict[str, Any]) -> ServiceBusMessage:

@@ -1,4 +1,4 @@
-"""The wire contract (``WIRE.md``) as pure functions: sizes, the offload decision, properties.
+"""The wire format (docs/wire-format.md) as pure functions: sizes, routes, properties.
 
 Nothing here does I/O; the sync and async clients call these and only move bytes.
 """

@@ -43,7 +43,7 @@ MAX_BLOB_NAME_LENGTH = 1024
 MAX_BLOB_NAME_SEGMENTS = 254
 #: Azure's limit on all metadata names and values of one blob together.
 MAX_METADATA_BYTES = 8 * 1024
-#: Extension of every payload blob (WIRE.md): the blob holds the event's JSON.
+#: Extension of every payload blob (docs/wire-format.md): the blob holds the event's JSON.
 PAYLOAD_EXTENSION = ".json"
 
 #: Clock skew tolerated between us and the storage service when asking for a delegation key.
@@ -85,7 +85,7 @@ class StoredPayload:
 
 
 def blob_name_for(entity: str, event_type: str, message_id: str) -> str:
-    """``{entity}/{EventTypeName}/{id}.json`` (WIRE.md), escaped where Azure would object.
+    """``{entity}/{EventTypeName}/{id}.json`` (docs/wire-format.md), escaped where needed.
 
     Readable names stay as they are. Slashes in ``entity`` (Service Bus paths such as
     ``sales/orders``) become folders, empty segments are dropped. Slashes in the event type and
