@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
+from broker_clock import T0, FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,21 +36,7 @@ from claimcheck_bus.emulator.config import (
 )
 from claimcheck_bus.emulator.sql_filter import Changes, parse_action, parse_filter
 
-T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 LOCK = timedelta(seconds=30)
-
-
-class FakeClock:
-    """The one thing tests may fake."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
 
 
 @pytest.fixture

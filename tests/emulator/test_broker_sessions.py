@@ -4,10 +4,11 @@ fake clock (FIFO per session, one holder, lock expiry, state, durability)."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from broker_clock import T0, FakeClock
 
 from claimcheck_bus.emulator.broker import (
     DEAD_LETTER_QUEUE,
@@ -34,21 +35,7 @@ from claimcheck_bus.emulator.config import (
 )
 from claimcheck_bus.emulator.persistence import Persistence
 
-T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 LOCK = timedelta(seconds=30)
-
-
-class FakeClock:
-    """The one thing tests may fake."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
 
 
 SESSION_OPTIONS = EntityOptions(lock_duration=LOCK, requires_session=True, max_delivery_count=5)

@@ -12,10 +12,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import pytest
+from broker_clock import T0, FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,8 +36,6 @@ from claimcheck_bus.emulator.persistence import (
     encode_value,
     read_records,
 )
-
-T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
 CONFIG = EmulatorConfig(
     queues=(
@@ -60,14 +59,6 @@ CONFIG = EmulatorConfig(
         ),
     ),
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
