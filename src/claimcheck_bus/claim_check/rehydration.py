@@ -17,7 +17,6 @@ from claimcheck_bus import _sdk
 from claimcheck_bus.claim_check.urls import (
     PayloadLocation,
     TrustedEndpoint,
-    blob_endpoint_from_connection_string,
     check_payload_url,
     own_endpoint,
 )
@@ -28,6 +27,7 @@ from claimcheck_bus.claim_check.wire import (
     normalise_properties,
     read_claim_check,
 )
+from claimcheck_bus.connection_strings import blob_endpoint_from_connection_string
 from claimcheck_bus.errors import (
     EventDecodeError,
     MessageError,
