@@ -57,7 +57,7 @@ class Handling:
 
     def retry(self) -> None:
         """Forget this round's handling: an earlier message of its session failed, so it is
-        held and handled again after that one (its payload stays fetched)."""
+        held and handled again after that one."""
         self.error, self.applied, self.decision, self.parts = None, False, None, 0
         self.plain.clear()
 

@@ -139,11 +139,13 @@ class SessionLane:
         worker = self._worker
         while batch:
             for handling in batch:
-                if not handling.event.is_claim_check:
-                    await handling.event.load(raise_errors=False)  # decodes in place: no I/O
-            await asyncio.gather(
-                *(h.event.load(raise_errors=False) for h in batch if h.event.is_claim_check)
-            )
+                # One payload after the other, none behind one that failed, and held messages
+                # give theirs back: fetched side by side, later payloads could hold the
+                # payload budget an earlier one waits for, round after round.
+                try:
+                    await handling.event.load()
+                except Exception:  # raised again by .data, where dispatching stops
+                    break
             await worker._dispatch(self._entity, batch, _nothing, chain=session_id)
             failed = first_failure([handling.error for handling in batch])
             done = batch if failed is None else batch[:failed]
@@ -155,6 +157,7 @@ class SessionLane:
             failing, batch = batch[failed], batch[failed + 1 :]
             for handling in batch:
                 handling.retry()
+                handling.event.release_payload()
             failing.decision = decide(
                 failing.error,
                 delivery_count=failing.context.delivery_count,
