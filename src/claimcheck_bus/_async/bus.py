@@ -604,14 +604,15 @@ class AsyncSessionReceiver:
         try:
             # Opening the link is what locks the session, so its id is known from here on.
             await receiver.__aenter__()
-        except OperationTimeoutError as error:
+        except (OperationTimeoutError, SessionCannotBeLockedError) as error:
             await _close_quietly(receiver)
             if self._requested is None:
+                # A next-available session taken by another receiver in the meantime is, to
+                # this caller, no session available either.
                 raise NoSessionAvailableError(self._entity.path, self._max_wait) from error
+            if isinstance(error, SessionCannotBeLockedError):
+                raise SessionLockedError(self._entity.path, self._requested) from error
             raise
-        except SessionCannotBeLockedError as error:
-            await _close_quietly(receiver)
-            raise SessionLockedError(self._entity.path, self._requested or "") from error
         except BaseException:
             await _close_quietly(receiver)
             raise
@@ -657,7 +658,8 @@ class AsyncSessionReceiver:
         """Receive up to ``max_messages`` events of this session, in order, waiting at most
         ``max_wait`` s; as :meth:`AsyncClaimCheckBus.receive` does (claim-checked payloads
         fetched the same way), but the messages' locks are the session's: renew it with
-        :meth:`renew_lock`, not the events'."""
+        :meth:`renew_lock`, not the events'. Once the session lock has expired this raises the
+        SDK's ``SessionLockLostError``: accept the session again."""
         receiver = self._open_receiver()
         messages = await receiver.receive_messages(
             max_message_count=max_messages, max_wait_time=max_wait
