@@ -743,7 +743,7 @@ class Worker:
         try:
             for target, value in handling.plain:
                 args = (value, handling.context) if target.takes_context else (value,)
-                if inspect.iscoroutinefunction(target.function):
+                if _is_async(target.function):
                     await target.function(*args)
                 else:
                     await self._in_thread(target.function, *args)
@@ -768,6 +768,14 @@ class Worker:
                 hook(*args)
             except Exception:  # observability must never fail a message
                 log.warning("middleware hook %r failed", hook, exc_info=True)
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    # An object whose __call__ is async is a coroutine function too: called in a thread, its
+    # coroutine would never run and the message would be completed unhandled.
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004
+    )
 
 
 def _decode(
