@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from claimcheck_bus import AsyncClaimCheckBus
-from claimcheck_bus.errors import NoSessionAvailableError
+from claimcheck_bus.errors import NoSessionAvailableError, printable
 from claimcheck_bus.worker.dispatch import (
     BUSY_RECEIVE_WAIT,
     Decision,
@@ -107,10 +107,16 @@ class SessionLane:
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set() and not renewing.done():
+                # Never wait for messages past the idle timeout: with many short sessions,
+                # a slot would otherwise hold each one max_wait after its last message.
+                idle_wait = min(
+                    worker.max_wait,
+                    max(0.05, worker.session_idle_timeout - (time.monotonic() - idle_since)),
+                )
                 events = await session.receive(
                     bytes,
                     max_messages=session_receive_size(worker.max_batch_size, len(held)),
-                    max_wait=BUSY_RECEIVE_WAIT if held else worker.max_wait,
+                    max_wait=BUSY_RECEIVE_WAIT if held else idle_wait,
                     prefetch=False,
                 )
                 if not events and not held:
@@ -138,23 +144,26 @@ class SessionLane:
         the messages held behind a transient failure, to be handled again after it."""
         worker = self._worker
         while batch:
-            for handling in batch:
-                # One payload after the other, none behind one that failed, and held messages
-                # give theirs back: fetched side by side, later payloads could hold the
-                # payload budget an earlier one waits for, round after round.
+            # At most one payload per round, settled (its budget given back) before the next
+            # is fetched: a batch's payloads all held at once could need more than the
+            # payload budget, and the last would wait for budget its own batch holds.
+            cut = payload_rounds([handling.event.is_claim_check for handling in batch])
+            part, rest = batch[:cut], batch[cut:]
+            for handling in part:
                 try:
                     await handling.event.load()
                 except Exception:  # raised again by .data, where dispatching stops
                     break
-            await worker._dispatch(self._entity, batch, _nothing, chain=session_id)
-            failed = first_failure([handling.error for handling in batch])
-            done = batch if failed is None else batch[:failed]
+            await worker._dispatch(self._entity, part, _nothing, chain=session_id)
+            failed = first_failure([handling.error for handling in part])
+            done = part if failed is None else part[:failed]
             for handling in done:
                 handling.decision = Decision(Settle.COMPLETE)
             await self._settle(done)
             if failed is None:
-                return []
-            failing, batch = batch[failed], batch[failed + 1 :]
+                batch = rest
+                continue
+            failing, batch = part[failed], part[failed + 1 :] + rest
             for handling in batch:
                 handling.retry()
                 handling.event.release_payload()
@@ -199,11 +208,22 @@ class SessionLane:
             except Exception as error:
                 log.warning(
                     "lost the lock of session %s on %s: %s",
-                    session.session_id,
+                    printable(session.session_id),  # the sender's: no control characters
                     self._entity.path,
                     error,
                 )
                 return
+
+
+def payload_rounds(claim_checked: list[bool]) -> int:
+    """How many of a session's next messages (``claim_checked``: whether each, in order, has
+    a payload to fetch) to handle in one round: the first and the inline ones after it, up
+    to the next claim-checked one. A round fetches one payload at most, and inline messages
+    ahead of a payload are applied without waiting for it."""
+    for index, fetches in enumerate(claim_checked[1:], start=1):
+        if fetches:
+            return index
+    return len(claim_checked)
 
 
 def _nothing(_: Handling) -> None:
