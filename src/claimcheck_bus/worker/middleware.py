@@ -109,7 +109,9 @@ class LoggingMiddleware(Middleware):
         if not self.log.isEnabledFor(logging.INFO):
             return
         failure = (
-            f": {printable(bounded(' '.join(describe(error).split()), 300))}" if error is not None else ""
+            f": {printable(bounded(' '.join(describe(error).split()), 300))}"
+            if error is not None
+            else ""
         )
         # The event type and message id are the sender's: no control characters in our log.
         self.log.info(

@@ -4,7 +4,8 @@ A session entity gets ``max_concurrent_sessions`` slots. A slot accepts the next
 session, then receives, handles and settles its messages one batch after the other, and lets
 the session go once it has been idle for ``session_idle_timeout`` (so other sessions get a
 turn) or the worker stops. The session's lock covers its messages and is renewed for as long
-as the slot holds it.
+as the slot holds it. A session that is never idle is let go after ``session_turn`` seconds
+(once nothing is held), so sessions waiting for a slot get one.
 
 When a message fails, the messages behind it in the session are not handled: they stay
 locked and held by the slot. A permanent failure is dead-lettered at once and the held
@@ -104,7 +105,8 @@ class SessionLane:
         worker._hook("session_started", entity.path, session_id)
         renewing = asyncio.create_task(self._renew(session))
         held: list[Handling] = []
-        idle_since = time.monotonic()
+        idle_since = turn_ends = time.monotonic()
+        turn_ends += worker.session_turn
         try:
             while not self._stop.is_set() and not renewing.done():
                 # Never wait for messages past the idle timeout: with many short sessions,
@@ -132,6 +134,10 @@ class SessionLane:
                     received.append(handling)
                 batch = sorted([*held, *received], key=lambda h: h.event.sequence_number or 0)
                 held = await self._handle(session_id, batch)
+                if not held and time.monotonic() >= turn_ends:
+                    # Its turn is over: a session that is never idle would otherwise keep
+                    # the sessions waiting behind it out of this slot for good.
+                    return
         finally:
             renewing.cancel()
             if held and not renewing.done():
