@@ -182,7 +182,11 @@ async def test_socket_timeout_bounds_an_empty_receive(bus_settings: BusSettings)
     # The SDK reads its connection in steps of socket_timeout (0.2 s by default) and looks
     # at the receive's own deadline only between reads: a busy worker must poll shorter.
     async with AsyncClaimCheckBus(bus_settings, socket_timeout=0.05) as bus:
-        await bus.receive(bytes, max_wait=10)  # the link is open from here on
+        # Open the link by receiving one message: that returns as soon as it arrives, where
+        # a receive on the empty queue would wait out its whole (generous) budget.
+        await bus.publish(Invoice(InvoiceId="opener", Document="x"))
+        [opener] = await bus.receive(Invoice, max_wait=10)
+        await opener.complete()
         durations = []
         for _ in range(3):
             started = time.monotonic()
