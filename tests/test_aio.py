@@ -36,11 +36,13 @@ async def bus(bus_settings: BusSettings) -> AsyncIterator[AsyncClaimCheckBus]:
 @pytest.mark.parametrize(
     "size", [KB, 1 * MB, 10 * MB, 100 * MB], ids=["1KB", "1MB", "10MB", "100MB"]
 )
-async def test_publish_and_receive(bus: AsyncClaimCheckBus, size: int) -> None:
+async def test_publish_and_receive(
+    bus: AsyncClaimCheckBus, long_lock_queue: str, size: int
+) -> None:
     sent = Invoice(InvoiceId="i-1", Document="d" * size)
-    receipt = await bus.publish(sent)
+    receipt = await bus.publish(sent, queue=long_lock_queue)
     assert receipt.route is (Route.INLINE if size == KB else Route.CLAIM_CHECK)
-    [event] = await bus.receive(Invoice, max_messages=1, max_wait=10)
+    [event] = await bus.receive(Invoice, queue=long_lock_queue, max_messages=1, max_wait=10)
     assert event.data == sent
     assert event.is_claim_check == (size > KB)
     await event.complete()
