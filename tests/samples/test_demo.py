@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from claimcheck_bus.testing.polling import wait_for
 
@@ -21,6 +22,10 @@ ROW = re.compile(
 )
 URL = re.compile(r"(?:listens on|API on) (http://127\.0\.0\.1:\d+)")
 EMULATOR = re.compile(r"emulator ready: Endpoint=sb://(127\.0\.0\.1:\d+)")
+
+# Each demo starts Azurite, the emulator and two services: under pytest-xdist these tests run
+# one at a time on one worker (with the other process-heavy ones), not against each other.
+pytestmark = pytest.mark.xdist_group("process-trees")
 
 
 def _refuses(address: str) -> bool:
