@@ -4,9 +4,9 @@ Small events travel inline; large ones go to Blob Storage and the message carrie
 SAS link (the conditional claim-check of the original .NET design, wire-compatible with it).
 """
 
-from claimcheck_bus._async.bus import AsyncClaimCheckBus, AsyncReceivedEvent
+from claimcheck_bus._async.bus import AsyncClaimCheckBus, AsyncReceivedEvent, AsyncSessionReceiver
 from claimcheck_bus._async.reader import rehydrate as rehydrate_async
-from claimcheck_bus._sync.bus import ClaimCheckBus, ReceivedEvent
+from claimcheck_bus._sync.bus import ClaimCheckBus, ReceivedEvent, SessionReceiver
 from claimcheck_bus._sync.reader import rehydrate
 from claimcheck_bus._version import __version__
 from claimcheck_bus.claim_check.publication import PublishReceipt
@@ -19,12 +19,14 @@ from claimcheck_bus.errors import (
     InvalidClaimCheckError,
     InvalidEventError,
     MessageError,
+    NoSessionAvailableError,
     PayloadAccessDeniedError,
     PayloadIntegrityError,
     PayloadNotFoundError,
     PayloadTooLargeError,
     PayloadUnavailableError,
     SendTimeoutError,
+    SessionLockedError,
     TimeToLiveTooLongError,
     UntrustedPayloadUrlError,
 )
@@ -34,6 +36,7 @@ from claimcheck_bus.settings import BusSettings
 __all__ = [
     "AsyncClaimCheckBus",
     "AsyncReceivedEvent",
+    "AsyncSessionReceiver",
     "BatchPublishError",
     "BusSettings",
     "ClaimCheckBus",
@@ -43,6 +46,7 @@ __all__ = [
     "InvalidClaimCheckError",
     "InvalidEventError",
     "MessageError",
+    "NoSessionAvailableError",
     "PascalCaseEvent",
     "PayloadAccessDeniedError",
     "PayloadIntegrityError",
@@ -53,6 +57,8 @@ __all__ = [
     "ReceivedEvent",
     "Route",
     "SendTimeoutError",
+    "SessionLockedError",
+    "SessionReceiver",
     "TimeToLiveTooLongError",
     "UntrustedPayloadUrlError",
     "__version__",

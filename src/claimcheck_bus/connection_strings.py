@@ -1,4 +1,4 @@
-"""Whether a Service Bus or storage connection string is well-formed (no I/O).
+"""Connection strings (no I/O): reading them, and whether one is well-formed.
 
 Checked when settings load, so that a pasted fragment fails at ``BusSettings()`` naming the
 setting, instead of at the first publish with the SDK's ``Invalid Endpoint``. The rules follow
@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 from urllib.parse import urlsplit
+
+#: The account Azurite serves with its well-known development key.
+AZURITE_ACCOUNT = "devstoreaccount1"
 
 _SERVICE_BUS_FORM = (
     "Endpoint=sb://<namespace>.servicebus.windows.net/;SharedAccessKeyName=<policy>;"
@@ -79,18 +82,45 @@ def storage_connection_string_problems(text: str) -> list[str]:
     return [*problems, f"Expected {_STORAGE_FORM}."] if problems else []
 
 
+def connection_string_pairs(text: str) -> dict[str, str]:
+    """``Key=Value;...`` into a dict with lower-case keys, skipping what is not a pair (for
+    reading a string the settings already validated)."""
+    return _pairs(text)[0]
+
+
+def blob_endpoint_from_connection_string(connection_string: str) -> str:
+    """The blob service URL a storage connection string points at (Azure or Azurite)."""
+    pairs = connection_string_pairs(connection_string)
+    if pairs.get("blobendpoint"):
+        return pairs["blobendpoint"].rstrip("/")
+    if pairs.get("usedevelopmentstorage", "").lower() == "true":
+        return f"http://127.0.0.1:10000/{AZURITE_ACCOUNT}"
+    account = pairs.get("accountname")
+    if not account:
+        raise ValueError(
+            "the storage connection string names no AccountName or BlobEndpoint; copy it again "
+            "from the portal (Access keys)"
+        )
+    protocol = pairs.get("defaultendpointsprotocol", "https")
+    suffix = pairs.get("endpointsuffix", "core.windows.net")
+    return f"{protocol}://{account}.blob.{suffix}"
+
+
 def _pairs(text: str) -> tuple[dict[str, str], list[str]]:
+    """The pairs, and what keeps the text from being only ``Key=Value`` pairs."""
     # The SDKs split on ';' and then on the first '=' (keys and SAS values may hold '=').
     pairs: dict[str, str] = {}
+    problems: list[str] = []
     parts = [part.strip() for part in text.strip().rstrip(";").split(";")]
     if parts == [""]:
         return pairs, ["it is empty."]
     for index, part in enumerate(parts, start=1):
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
-            return pairs, [f"part {index} of {len(parts)} is not a Key=Value pair."]
+            problems = problems or [f"part {index} of {len(parts)} is not a Key=Value pair."]
+            continue
         pairs[key.strip().lower()] = value.strip()
-    return pairs, []
+    return pairs, problems
 
 
 def _is_url(value: str, schemes: tuple[str, ...] | None = None) -> bool:

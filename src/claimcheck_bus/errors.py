@@ -33,6 +33,33 @@ class SendTimeoutError(ClaimCheckBusError, TimeoutError):
     """
 
 
+class NoSessionAvailableError(ClaimCheckBusError, TimeoutError):
+    """No session of the entity had messages for ``accept_session(session_id=None)`` within
+    its ``max_wait``; the message names the entity. Try again later, or wait longer."""
+
+    def __init__(self, entity: str, max_wait: float | None) -> None:
+        self.entity = entity
+        self.max_wait = max_wait
+        waited = f" within {max_wait:g} s" if max_wait is not None else ""
+        super().__init__(f"no session of {entity} became available{waited}")
+
+
+class SessionLockedError(ClaimCheckBusError):
+    """``accept_session(session_id=...)`` named a session another receiver holds.
+
+    Only one receiver at a time holds a session; it becomes available when that receiver
+    closes it or its session lock expires.
+    """
+
+    def __init__(self, entity: str, session_id: str) -> None:
+        self.entity = entity
+        self.session_id = session_id
+        super().__init__(
+            f"session {session_id!r} of {entity} is held by another receiver; it can be "
+            "accepted once that receiver closes it or its session lock expires"
+        )
+
+
 class BatchPublishError(ClaimCheckBusError):
     """A batch publish stopped part-way; ``published`` lists what was sent before it failed.
 

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from claimcheck_bus.claim_check.urls import (
     TrustedEndpoint,
-    blob_endpoint_from_connection_string,
     check_payload_url,
     is_loopback,
     own_endpoint,
     redact_url,
 )
+from claimcheck_bus.connection_strings import blob_endpoint_from_connection_string
 from claimcheck_bus.errors import UntrustedPayloadUrlError
 
 AZURE = own_endpoint("https://contoso.blob.core.windows.net", "claim-check")

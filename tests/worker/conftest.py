@@ -23,13 +23,16 @@ from claimcheck_bus.testing.postgres_schema import schema_of_its_own
 
 @pytest.fixture
 def make_queue(servicebus: Any) -> Callable[..., str]:
-    """Create a queue of this test's own with the given lock duration and max deliveries."""
+    """Create a queue of this test's own with the given lock duration and max deliveries,
+    requiring sessions or not."""
     from claimcheck_bus.emulator.config import EntityOptions, QueueConfig
 
-    def make(lock: float = 3.0, max_delivery_count: int = 10) -> str:
+    def make(lock: float = 3.0, max_delivery_count: int = 10, sessions: bool = False) -> str:
         name = f"wq-{uuid.uuid4().hex[:12]}"
         options = EntityOptions(
-            lock_duration=timedelta(seconds=lock), max_delivery_count=max_delivery_count
+            lock_duration=timedelta(seconds=lock),
+            max_delivery_count=max_delivery_count,
+            requires_session=sessions,
         )
         servicebus.call(lambda broker: broker.add_queue(QueueConfig(name, options)))
         return name

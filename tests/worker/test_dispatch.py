@@ -32,6 +32,7 @@ from claimcheck_bus.worker.dispatch import (
     describe,
     event_type_of,
     event_version_of,
+    first_failure,
     lag_seconds,
     next_turn,
     percentile,
@@ -42,6 +43,7 @@ from claimcheck_bus.worker.dispatch import (
     renew_delay,
     retention_cutoff,
     select_routes,
+    session_receive_size,
     should_receive,
     upcast,
     upcast_chain,
@@ -294,3 +296,16 @@ def test_a_lane_never_receives_past_its_slots_nor_ends_with_messages_in_flight(
     if chosen is Turn.DONE:
         assert stopping
         assert (inflight, ready) == (0, 0)
+
+
+def test_first_failure_is_where_a_session_batch_stops() -> None:
+    assert first_failure([None, None]) is None
+    assert first_failure([]) is None
+    assert first_failure([None, ValueError(), None, KeyError()]) == 1
+
+
+def test_session_receive_size_leaves_room_for_the_failed_message() -> None:
+    assert session_receive_size(64, 0) == 64
+    assert session_receive_size(64, 10) == 54
+    assert session_receive_size(8, 8) == 1
+    assert session_receive_size(8, 20) == 1

@@ -13,7 +13,7 @@ from worker_testkit import LedgerProjection, OrderCreated, ledger
 
 from claimcheck_bus.testing.polling import wait_for_async
 from claimcheck_bus.worker import EventContext, Middleware, ProjectionStore
-from claimcheck_bus.worker.group_commit import GroupCommit
+from claimcheck_bus.worker.group_commit import GroupCommit, batch_cut
 from claimcheck_bus.worker.projection import Pending, ProjectionRunner
 
 
@@ -106,6 +106,33 @@ async def test_a_group_larger_than_a_batch_is_split(store: ProjectionStore) -> N
     assert outcomes == [True] * 10
     assert sorted(runner.sizes) == [2, 4, 4]
     assert len(ledger(store)) == 10
+
+
+async def test_a_group_kept_together_is_never_split_across_batches(
+    store: ProjectionStore,
+) -> None:
+    projection = GatedLedger()
+    commit, runner = committer(projection, store, max_batch_size=4)
+    first = asyncio.create_task(commit.apply([pending(projection, 0)]))
+    await wait_for_async(lambda: _value(runner.sizes == [1]), what="the first batch started")
+    singles = asyncio.create_task(commit.apply([pending(projection, n) for n in (1, 2)]))
+    session = asyncio.create_task(
+        commit.apply([pending(projection, n) for n in (3, 4, 5)], together=True)
+    )
+    asyncio.get_running_loop().call_soon(projection.gate.set)
+    assert await asyncio.gather(first, singles, session) == [[True], [True] * 2, [True] * 3]
+    assert runner.sizes == [1, 2, 3]  # not 4 then 1: the session's events commit together
+
+
+def test_batch_cut() -> None:
+    a, b = object(), object()
+    assert batch_cut([None] * 5, 3) == 3
+    assert batch_cut([None] * 2, 3) == 2
+    assert batch_cut([None, a, a, a], 2) == 1  # a goes whole into the next batch
+    assert batch_cut([a, a, a, None], 2) == 3  # a alone is larger than a batch
+    assert batch_cut([None, None, a, a], 3) == 2
+    assert batch_cut([a, a, b, b], 3) == 2
+    assert batch_cut([a, a, None, b], 3) == 3
 
 
 @pytest.mark.parametrize("store_location", ["postgres"], indirect=True)

@@ -14,7 +14,12 @@ from worker_testkit import (
 )
 
 from claimcheck_bus.worker import EventContext, Middleware, PostgresProjectionStore, ProjectionStore
-from claimcheck_bus.worker.projection import Pending, ProjectionRunner, handles
+from claimcheck_bus.worker.projection import (
+    BlockedBehindError,
+    Pending,
+    ProjectionRunner,
+    handles,
+)
 
 
 def context(message_id: str) -> EventContext:
@@ -71,6 +76,63 @@ def test_a_failing_event_is_taken_out_and_the_rest_commit(store: ProjectionStore
     assert store.processed("ledger") == 4
     # Not in the inbox: its redelivery applies it.
     assert runner.apply_batch([pending(projection, "2", 2)]) == [True]
+
+
+def test_behind_a_failed_event_its_session_waits_and_other_sessions_commit(
+    store: ProjectionStore,
+) -> None:
+    projection = LedgerProjection()
+    runner = started(projection, store)
+
+    def refuses(event: OrderCreated, db: Any, context: EventContext) -> None:
+        raise TimeoutError("read model busy")
+
+    def in_session(message_id: str, session: str, handler: Any = None) -> Pending:
+        return Pending(
+            handler or projection.on_created,
+            OrderCreated(OrderId=f"o-{message_id}", Amount=1),
+            context(message_id),
+            chain=session,
+        )
+
+    outcomes = runner.apply_batch(
+        [
+            in_session("a1", "a"),
+            in_session("b1", "b"),
+            in_session("a2", "a", refuses),
+            in_session("b2", "b"),
+            in_session("a3", "a"),
+            in_session("c1", "c"),
+        ]
+    )
+    assert outcomes[:2] == [True, True]
+    assert isinstance(outcomes[2], TimeoutError)
+    assert outcomes[3] is True
+    assert isinstance(outcomes[4], BlockedBehindError)
+    assert outcomes[5] is True
+    assert sorted(row[0] for row in ledger(store)) == ["o-a1", "o-b1", "o-b2", "o-c1"]
+
+
+def test_a_failure_no_event_owns_keeps_each_session_in_order(store: ProjectionStore) -> None:
+    projection = LedgerProjection()
+    runner = started(projection, store)
+    real_claim_batch = store.claim_batch
+
+    def fails(db: Any, name: str, ids: Any, now: Any) -> set[str]:
+        if len(ids) > 1 or ids == ["s2"]:  # a whole batch fails, and s2 alone too
+            raise ConnectionError("inbox insert failed")
+        return real_claim_batch(db, name, ids, now)
+
+    store.claim_batch = fails  # type: ignore[method-assign]
+    batch = [
+        Pending(projection.on_created, OrderCreated(OrderId=i, Amount=1), context(i), chain="s")
+        for i in ("s1", "s2", "s3")
+    ]
+    outcomes = runner.apply_batch(batch)
+    assert outcomes[0] is True
+    assert isinstance(outcomes[1], ConnectionError)
+    assert isinstance(outcomes[2], BlockedBehindError)
+    assert [row[0] for row in ledger(store)] == ["s1"]
 
 
 def test_a_failing_before_commit_hook_belongs_to_its_event(store: ProjectionStore) -> None:

@@ -1,8 +1,9 @@
-"""The claim-check clients: :class:`AsyncClaimCheckBus` and :class:`AsyncReceivedEvent`.
+"""The claim-check clients: :class:`AsyncClaimCheckBus`, :class:`AsyncSessionReceiver` and
+:class:`AsyncReceivedEvent`.
 
 Written once for ``asyncio``; ``scripts/unasync.py`` generates the blocking twins
-(``ClaimCheckBus``, ``ReceivedEvent``) in ``claimcheck_bus/_sync``. The clients only move bytes:
-the decisions are in :mod:`claimcheck_bus.claim_check`.
+(``ClaimCheckBus``, ``SessionReceiver``, ``ReceivedEvent``) in ``claimcheck_bus/_sync``.
+The clients only move bytes: the decisions are in :mod:`claimcheck_bus.claim_check`.
 """
 
 from __future__ import annotations
@@ -17,24 +18,35 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
-from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSubQueue
+from azure.servicebus import (
+    NEXT_AVAILABLE_SESSION,
+    ServiceBusMessage,
+    ServiceBusMessageBatch,
+    ServiceBusSubQueue,
+)
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
-from azure.servicebus.exceptions import MessageSizeExceededError
+from azure.servicebus.exceptions import (
+    MessageSizeExceededError,
+    OperationTimeoutError,
+    SessionCannotBeLockedError,
+)
 
 from claimcheck_bus import _sdk
 from claimcheck_bus._async.reader import AsyncPayloadReader, default_store, downloader_for
 from claimcheck_bus._async.store import AsyncPayloadStore
 from claimcheck_bus.claim_check.entities import Entity, default_async_credential, resolve_entity
 from claimcheck_bus.claim_check.publication import (
+    MAX_SESSION_ID,
     BusCore,
     Publication,
     PublishReceipt,
+    SessionKey,
     publish_options,
 )
 from claimcheck_bus.claim_check.rehydration import EventView, decode, incoming_from
 from claimcheck_bus.claim_check.send_failures import retry_after_probe, send_failure
 from claimcheck_bus.claim_check.wire import Route
-from claimcheck_bus.errors import BatchPublishError
+from claimcheck_bus.errors import BatchPublishError, NoSessionAvailableError, SessionLockedError
 from claimcheck_bus.payloads.budget import PayloadHold
 from claimcheck_bus.settings import BusSettings
 
@@ -57,6 +69,10 @@ class AsyncClaimCheckBus:
     raises :class:`SendTimeoutError`. The first publish to each entity opens a link once
     without the SDK's retries, so that refused credentials raise :class:`ConfigurationError`
     at once (naming the setting) instead of after about 15 s of retries.
+
+    ``session_key`` gives the session id of every published event (``None``: no opinion);
+    see :meth:`publish` for how it combines with ``session_id=`` and ``__session_key__``.
+    Receive from session-enabled entities with :meth:`accept_session`.
     """
 
     def __init__(
@@ -66,6 +82,7 @@ class AsyncClaimCheckBus:
         credential: Any = None,
         store: AsyncPayloadStore | None = None,
         socket_timeout: float | None = None,
+        session_key: SessionKey | None = None,
     ) -> None:
         settings = settings if settings is not None else BusSettings()
         if store is None:
@@ -74,6 +91,7 @@ class AsyncClaimCheckBus:
             settings,
             has_store=store is not None,
             sas_limit=store.max_sas_lifetime if store is not None else None,
+            session_key=session_key,
         )
         self.settings = self._core.settings
         self._store = store
@@ -89,6 +107,11 @@ class AsyncClaimCheckBus:
         self._probe_client = self._new_client(
             credential, try_timeout=self._send_timeout, retry_total=0
         )
+        # The SDK retries a refused session lock and an empty wait for a next-available
+        # session as transient, which would turn a bounded max_wait into several: session
+        # receivers come from a client that does not retry. A session link that fails is lost
+        # with its lock anyway, so a retry would not have saved it.
+        self._session_client = self._new_client(credential, retry_total=0)
         self._payloads = AsyncPayloadReader(
             self._core.policy, downloader_for(self.settings.claim_check), store
         )
@@ -96,6 +119,7 @@ class AsyncClaimCheckBus:
         self._limits: dict[str, int] = {}
         self._receivers: dict[tuple[str, bool], ServiceBusReceiver] = {}
         self._socket_timeout = socket_timeout
+        self._sessions: set[AsyncSessionReceiver] = set()
 
     async def __aenter__(self) -> AsyncClaimCheckBus:
         return self
@@ -109,7 +133,12 @@ class AsyncClaimCheckBus:
         await self.close()
 
     async def close(self) -> None:
-        """Close every sender, receiver and connection this bus opened."""
+        """Close every sender, receiver, open session receiver and connection this bus opened."""
+        for session in list(self._sessions):
+            try:
+                await session.close()
+            except Exception:  # closing must reach every handler
+                log.warning("closing a session receiver failed", exc_info=True)
         for handler in [*self._senders.values(), *self._receivers.values()]:
             try:
                 await handler.close()
@@ -117,7 +146,7 @@ class AsyncClaimCheckBus:
                 log.warning("closing a Service Bus handler failed", exc_info=True)
         self._senders.clear()
         self._receivers.clear()
-        for client in (self._client, self._send_client, self._probe_client):
+        for client in (self._client, self._send_client, self._probe_client, self._session_client):
             await client.close()
         await self._payloads.close()
 
@@ -139,6 +168,11 @@ class AsyncClaimCheckBus:
         application_properties: dict[str, Any] | None = None,
     ) -> PublishReceipt:
         """Publish one event to ``queue`` or ``topic`` (default: the settings' default queue).
+
+        The session id is ``session_id`` if given, else what the bus's ``session_key`` returns
+        for the event if not ``None``, else the attribute named by the event class's
+        ``__session_key__`` (``str()`` of its value); an empty id or one over 128 characters
+        raises ``ValueError``. The receipt carries it.
 
         A large payload is uploaded first and the message sent after; if the send fails the
         upload is deleted and the error raised, so no message ever points at a missing blob.
@@ -175,17 +209,21 @@ class AsyncClaimCheckBus:
         queue: str | None = None,
         topic: str | None = None,
         event_type: str | None = None,
+        session_id: str | None = None,
         time_to_live: timedelta | None = None,
         application_properties: dict[str, Any] | None = None,
     ) -> list[PublishReceipt]:
         """Publish many events in as few Service Bus batches as their sizes allow.
 
-        Each event is offloaded on its own merits. If anything fails, the payloads of unsent
-        events are deleted and :class:`BatchPublishError` lists what was already published.
+        Each event gets its own session id as :meth:`publish` resolves it (``session_id``
+        applies to all of them) and is offloaded on its own merits. If anything fails, the
+        payloads of unsent events are deleted and :class:`BatchPublishError` lists what was
+        already published.
         """
         entity = resolve_entity(self.settings, queue=queue, topic=topic)
         options = publish_options(
             event_type=event_type,
+            session_id=session_id,
             time_to_live=time_to_live,
             application_properties=application_properties,
         )
@@ -366,8 +404,24 @@ class AsyncClaimCheckBus:
         messages = await receiver.receive_messages(
             max_message_count=max_messages, max_wait_time=max_wait
         )
+        return await self._events(
+            receiver,
+            messages,
+            as_type,
+            entity.path,
+            prefetch,  # async-only
+        )
+
+    async def _events(
+        self,
+        receiver: ServiceBusReceiver,
+        messages: list[Any],
+        as_type: type[T],
+        entity: str,
+        prefetch: bool,  # async-only
+    ) -> list[AsyncReceivedEvent[T]]:
         events = [
-            AsyncReceivedEvent(self._payloads, receiver, m, as_type, entity.path) for m in messages
+            AsyncReceivedEvent(self._payloads, receiver, m, as_type, entity) for m in messages
         ]
         # async-only:start
         if prefetch:
@@ -381,6 +435,53 @@ class AsyncClaimCheckBus:
             await gather(*(event.load(raise_errors=False) for event in fetches))
         # async-only:end
         return events
+
+    def accept_session(
+        self,
+        *,
+        queue: str | None = None,
+        topic: str | None = None,
+        subscription: str | None = None,
+        session_id: str | None = None,
+        max_wait: float | None = 5.0,
+    ) -> AsyncSessionReceiver:
+        """A receiver of one session of a session-enabled queue or subscription.
+
+        Use it as ``async with bus.accept_session(queue="orders") as session:``; entering
+        locks the session, leaving (or :meth:`AsyncSessionReceiver.close`, or closing the
+        bus) releases it for the next receiver. ``session_id=None`` takes the next session
+        that has messages, waiting up to ``max_wait`` seconds for one (``None``: as long as
+        the service waits) before raising :class:`NoSessionAvailableError`. A named session
+        held by another receiver raises :class:`SessionLockedError` at once.
+        """
+        entity = resolve_entity(
+            self.settings, queue=queue, topic=topic, subscription=subscription, receiving=True
+        )
+        if session_id is not None and not 0 < len(session_id) <= MAX_SESSION_ID:
+            raise ValueError(
+                f"session_id is {len(session_id)} characters; Service Bus takes 1 to "
+                f"{MAX_SESSION_ID}"
+            )
+        return AsyncSessionReceiver(self, entity, session_id, max_wait)
+
+    def _session_receiver(
+        self, entity: Entity, session_id: str | None, max_wait: float | None
+    ) -> ServiceBusReceiver:
+        wanted = session_id if session_id is not None else NEXT_AVAILABLE_SESSION
+        if entity.subscription:
+            return self._session_client.get_subscription_receiver(
+                entity.name,
+                entity.subscription,
+                session_id=wanted,
+                max_wait_time=max_wait,
+                socket_timeout=self._socket_timeout,
+            )
+        return self._session_client.get_queue_receiver(
+            entity.name,
+            session_id=wanted,
+            max_wait_time=max_wait,
+            socket_timeout=self._socket_timeout,
+        )
 
     async def receive_deferred(
         self,
@@ -458,6 +559,155 @@ class AsyncClaimCheckBus:
                 )
             self._receivers[key] = receiver
         return receiver
+
+
+class AsyncSessionReceiver:
+    """One locked session of a session-enabled queue or subscription, from
+    :meth:`AsyncClaimCheckBus.accept_session`.
+
+    Messages of the session arrive in the order they were sent, to this receiver alone, until
+    it is closed or its session lock expires (``locked_until``; extend it with
+    :meth:`renew_lock`). Settle each received event as from :meth:`AsyncClaimCheckBus.receive`.
+    Per-session state (bytes) survives receivers: :meth:`get_state`, :meth:`set_state`.
+    """
+
+    def __init__(
+        self,
+        bus: AsyncClaimCheckBus,
+        entity: Entity,
+        session_id: str | None,
+        max_wait: float | None,
+    ) -> None:
+        self._bus = bus
+        self._entity = entity
+        self._requested = session_id
+        self._max_wait = max_wait
+        self._receiver: ServiceBusReceiver | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncSessionReceiver:
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _open(self) -> None:
+        if self._receiver is not None or self._closed:
+            raise RuntimeError("a session receiver is entered once: accept_session again")
+        receiver = self._bus._session_receiver(self._entity, self._requested, self._max_wait)
+        try:
+            # Opening the link is what locks the session, so its id is known from here on.
+            await receiver.__aenter__()
+        except (OperationTimeoutError, SessionCannotBeLockedError) as error:
+            await _close_quietly(receiver)
+            if self._requested is None:
+                # A next-available session taken by another receiver in the meantime is, to
+                # this caller, no session available either.
+                raise NoSessionAvailableError(self._entity.path, self._max_wait) from error
+            if isinstance(error, SessionCannotBeLockedError):
+                raise SessionLockedError(self._entity.path, self._requested) from error
+            raise
+        except BaseException:
+            await _close_quietly(receiver)
+            raise
+        self._receiver = receiver
+        self._bus._sessions.add(self)
+
+    def _open_receiver(self) -> ServiceBusReceiver:
+        if self._receiver is None:
+            state = "closed" if self._closed else "not open yet: use it in a with block"
+            raise RuntimeError(f"the session receiver of {self._entity.path} is {state}")
+        return self._receiver
+
+    @property
+    def entity(self) -> str:
+        """The queue, or ``topic/Subscriptions/subscription``, the session belongs to."""
+        return self._entity.path
+
+    @property
+    def session_id(self) -> str:
+        """The id of the locked session (for a next-available session, known once entered)."""
+        if self._receiver is not None:
+            return str(self._receiver.session.session_id)
+        if self._requested is not None:
+            return self._requested
+        raise RuntimeError("the next available session is known once the receiver is entered")
+
+    @property
+    def locked_until(self) -> datetime | None:
+        """When the session lock expires unless renewed (``None`` while not open)."""
+        if self._receiver is None:
+            return None
+        until: datetime | None = self._receiver.session.locked_until_utc
+        return until
+
+    async def receive(
+        self,
+        as_type: type[T],
+        *,
+        max_messages: int = 1,
+        max_wait: float | None = 5.0,
+        prefetch: bool = True,  # async-only
+    ) -> list[AsyncReceivedEvent[T]]:
+        """Receive up to ``max_messages`` events of this session, in order, waiting at most
+        ``max_wait`` s; as :meth:`AsyncClaimCheckBus.receive` does (claim-checked payloads
+        fetched the same way), but the messages' locks are the session's: renew it with
+        :meth:`renew_lock`, not the events'. Once the session lock has expired this raises the
+        SDK's ``SessionLockLostError``: accept the session again."""
+        receiver = self._open_receiver()
+        messages = await receiver.receive_messages(
+            max_message_count=max_messages, max_wait_time=max_wait
+        )
+        return await self._bus._events(
+            receiver,
+            messages,
+            as_type,
+            self._entity.path,
+            prefetch,  # async-only
+        )
+
+    async def get_state(self) -> bytes | None:
+        """The session's state as last set (``None``: never set, or cleared)."""
+        state: bytes | None = await self._open_receiver().session.get_state()
+        return state
+
+    async def set_state(self, state: bytes | str | None) -> None:
+        """Replace the session's state (``str`` is stored as UTF-8; ``None`` clears it)."""
+        await self._open_receiver().session.set_state(state)
+
+    async def renew_lock(self) -> datetime:
+        """Extend the session lock (and so its messages' locks); returns the new expiry."""
+        until: datetime = await self._open_receiver().session.renew_lock()
+        return until
+
+    async def close(self) -> None:
+        """Release the session so that another receiver may accept it; idempotent. Unsettled
+        messages are delivered again to whoever accepts the session next."""
+        self._closed = True
+        receiver, self._receiver = self._receiver, None
+        self._bus._sessions.discard(self)
+        if receiver is not None:
+            await receiver.close()
+
+    def __repr__(self) -> str:
+        if self._receiver is not None:
+            session = repr(self.session_id)
+        else:
+            session = "closed" if self._closed else repr(self._requested or "next available")
+        return f"{type(self).__name__}(entity={self._entity.path!r}, session={session})"
+
+
+async def _close_quietly(receiver: ServiceBusReceiver) -> None:
+    try:
+        await receiver.close()
+    except Exception:  # the open's failure is what the caller must see
+        log.debug("closing a session receiver that failed to open failed", exc_info=True)
 
 
 class AsyncReceivedEvent(EventView[T]):
@@ -548,7 +798,16 @@ class AsyncReceivedEvent(EventView[T]):
         self._payloads.release(self._hold)
 
     async def renew_lock(self) -> datetime:
-        """Extend the message's lock; returns the new expiry."""
+        """Extend the message's lock; returns the new expiry.
+
+        An event from a session has no lock of its own: renew the session's lock with
+        :meth:`AsyncSessionReceiver.renew_lock` (this raises ``TypeError`` saying so).
+        """
+        if self._receiver.session is not None:
+            raise TypeError(
+                f"message {self.message_id} belongs to session {self.session_id!r}, whose lock "
+                "covers its messages: renew it with session.renew_lock()"
+            )
         return await self._receiver.renew_message_lock(self.message)
 
 

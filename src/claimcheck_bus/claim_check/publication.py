@@ -7,8 +7,8 @@ it, and either send that or upload the payload and send :meth:`Publication.claim
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -26,7 +26,8 @@ from claimcheck_bus.claim_check.wire import (
     offload_limit,
     wire_size,
 )
-from claimcheck_bus.events import SerializedEvent, serialize
+from claimcheck_bus.errors import ConfigurationError
+from claimcheck_bus.events import SerializedEvent, event_type_name, serialize
 from claimcheck_bus.payloads.compression import GZIP, compressed
 from claimcheck_bus.payloads.store import (
     blob_name_for,
@@ -38,6 +39,11 @@ from claimcheck_bus.settings import BusSettings
 
 #: Service Bus refuses message ids longer than this.
 MAX_MESSAGE_ID = 128
+#: Service Bus refuses session ids longer than this.
+MAX_SESSION_ID = 128
+
+#: A bus's ``session_key``: the session id of an event, or ``None`` to leave it to the class.
+SessionKey = Callable[[object], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,8 @@ class PublishReceipt:
     blob_name: str | None = None
     sequence_number: int | None = None
     """Set for scheduled messages: pass it to ``cancel_scheduled``."""
+    session_id: str | None = None
+    """The session the message was published to, if any."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +200,61 @@ class Publication:
             payload_bytes=len(self.event.body),
             blob_name=self.blob_name if route is Route.CLAIM_CHECK else None,
             sequence_number=sequence_number,
+            session_id=self.options.session_id,
         )
+
+
+def session_id_for(
+    event: object, explicit: str | None = None, key: SessionKey | None = None
+) -> str | None:
+    """The session id ``event`` is published with, or ``None`` for no session.
+
+    The first that gives one wins: ``explicit`` (the ``session_id=`` argument of a publish),
+    then ``key(event)`` (a bus's ``session_key``) unless it returns ``None``, then the
+    attribute the event's class names in ``__session_key__``, converted with ``str()`` (an
+    attribute that is ``None`` means no session). An empty id or one longer than Service Bus
+    takes (128 characters) raises ``ValueError`` naming the event type and where the id came
+    from; it is never truncated, since a cut id would merge distinct sessions.
+    """
+    if explicit is not None:
+        return _checked_session_id(event, explicit, "the session_id argument")
+    if key is not None:
+        keyed = key(event)
+        if keyed is not None:
+            if not isinstance(keyed, str):
+                raise TypeError(
+                    f"the bus's session_key returned {type(keyed).__name__} for "
+                    f"{event_type_name(event)}; it must return str or None"
+                )
+            return _checked_session_id(event, keyed, "the bus's session_key")
+    declared = getattr(type(event), "__session_key__", None)
+    if declared is None:
+        return None
+    name = event_type_name(event)
+    if not isinstance(declared, str) or not declared:
+        raise ConfigurationError(
+            f"{name}.__session_key__ must name an attribute of the event, not {declared!r}"
+        )
+    if not hasattr(event, declared):
+        raise ConfigurationError(
+            f"{name}.__session_key__ names {declared!r}, which the event does not have"
+        )
+    value = getattr(event, declared)
+    if value is None:
+        return None
+    return _checked_session_id(event, str(value), f"{name}.__session_key__ ({declared!r})")
+
+
+def _checked_session_id(event: object, session_id: str, source: str) -> str:
+    name = event_type_name(event)
+    if not session_id:
+        raise ValueError(f"the session id of {name} from {source} is empty")
+    if len(session_id) > MAX_SESSION_ID:
+        raise ValueError(
+            f"the session id of {name} from {source} is {len(session_id)} characters; "
+            f"Service Bus allows {MAX_SESSION_ID}"
+        )
+    return session_id
 
 
 def event_version_property(event: object) -> dict[str, int]:
@@ -239,10 +301,17 @@ class BusCore:
     """Settings-driven decisions of a bus: routes, upload arguments, receive policy."""
 
     def __init__(
-        self, settings: BusSettings, *, has_store: bool, sas_limit: timedelta | None
+        self,
+        settings: BusSettings,
+        *,
+        has_store: bool,
+        sas_limit: timedelta | None,
+        session_key: SessionKey | None = None,
     ) -> None:
-        """``sas_limit``: the longest SAS the store signs (``None``: no limit)."""
+        """``sas_limit``: the longest SAS the store signs (``None``: no limit);
+        ``session_key``: see :func:`session_id_for`."""
         self.settings = settings
+        self.session_key = session_key
         self.policy = ReceivePolicy.from_settings(self.settings.claim_check)
         self._has_store = has_store
         self._sas_limit = sas_limit
@@ -263,7 +332,11 @@ class BusCore:
         return route, size
 
     def prepare(self, event: object, entity: str, options: PublishOptions) -> Publication:
-        """:meth:`Publication.prepare` with this bus's settings."""
+        """:meth:`Publication.prepare` with this bus's settings and the event's session id
+        (:func:`session_id_for`)."""
+        session_id = session_id_for(event, options.session_id, self.session_key)
+        if session_id != options.session_id:
+            options = replace(options, session_id=session_id)
         return Publication.prepare(
             event, entity, options, cloud_events=self.settings.events.cloud_events
         )

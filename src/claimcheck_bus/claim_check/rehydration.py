@@ -17,7 +17,6 @@ from claimcheck_bus import _sdk
 from claimcheck_bus.claim_check.urls import (
     PayloadLocation,
     TrustedEndpoint,
-    blob_endpoint_from_connection_string,
     check_payload_url,
     own_endpoint,
 )
@@ -28,6 +27,7 @@ from claimcheck_bus.claim_check.wire import (
     normalise_properties,
     read_claim_check,
 )
+from claimcheck_bus.connection_strings import blob_endpoint_from_connection_string
 from claimcheck_bus.errors import (
     EventDecodeError,
     MessageError,
@@ -57,6 +57,7 @@ class IncomingMessage:
     delivery_count: int | None = None
     sequence_number: int | None = None
     enqueued_time: datetime | None = None
+    session_id: str | None = None
     problem: MessageError | None = None
     """Why the message cannot be read at all (its body's shape), raised when reading it."""
 
@@ -109,6 +110,7 @@ def incoming_from(message: Any, *, entity: str | None = None) -> IncomingMessage
         delivery_count=_attribute_int(message, "delivery_count"),
         sequence_number=_attribute_int(message, "sequence_number"),
         enqueued_time=_attribute_time(message, "enqueued_time_utc"),
+        session_id=_attribute_text(message, "session_id"),
         problem=problem,
     )
 
@@ -306,6 +308,11 @@ class EventView(Generic[T]):
     def enqueued_time(self) -> datetime | None:
         """When Service Bus accepted the message."""
         return self.incoming.enqueued_time
+
+    @property
+    def session_id(self) -> str | None:
+        """The session id the message was published with (``None``: no session)."""
+        return self.incoming.session_id
 
     def __repr__(self) -> str:
         return (

@@ -15,7 +15,6 @@ from urllib.parse import unquote, urlsplit
 from claimcheck_bus.errors import UntrustedPayloadUrlError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_AZURITE_ACCOUNT = "devstoreaccount1"
 
 
 @dataclass(frozen=True)
@@ -205,34 +204,6 @@ def _segments(path: str) -> tuple[str, ...]:
 def _printable(text: str) -> str:
     # Error text goes to logs and dead-letter descriptions: no control characters from a sender.
     return "".join(char if char.isprintable() else "?" for char in text)[:300]
-
-
-def parse_connection_string(connection_string: str) -> dict[str, str]:
-    """``Key=Value;...`` into a dict with lower-case keys (values may contain ``=``)."""
-    pairs: dict[str, str] = {}
-    for part in connection_string.split(";"):
-        key, sep, value = part.partition("=")
-        if sep and key.strip():
-            pairs[key.strip().lower()] = value.strip()
-    return pairs
-
-
-def blob_endpoint_from_connection_string(connection_string: str) -> str:
-    """The blob service URL a storage connection string points at (Azure or Azurite)."""
-    pairs = parse_connection_string(connection_string)
-    if pairs.get("blobendpoint"):
-        return pairs["blobendpoint"].rstrip("/")
-    if pairs.get("usedevelopmentstorage", "").lower() == "true":
-        return f"http://127.0.0.1:10000/{_AZURITE_ACCOUNT}"
-    account = pairs.get("accountname")
-    if not account:
-        raise ValueError(
-            "the storage connection string names no AccountName or BlobEndpoint; copy it again "
-            "from the portal (Access keys)"
-        )
-    protocol = pairs.get("defaultendpointsprotocol", "https")
-    suffix = pairs.get("endpointsuffix", "core.windows.net")
-    return f"{protocol}://{account}.blob.{suffix}"
 
 
 def own_endpoint(account_url: str, container_name: str) -> TrustedEndpoint:

@@ -31,7 +31,8 @@ from azure.storage.blob import (
     generate_blob_sas,
 )
 
-from claimcheck_bus.claim_check.urls import parse_connection_string, redact_url
+from claimcheck_bus.claim_check.urls import redact_url
+from claimcheck_bus.connection_strings import connection_string_pairs
 from claimcheck_bus.errors import ConfigurationError, MessageError
 from claimcheck_bus.payloads.store import (
     ACCOUNT_KEY_MAX_LIFETIME,
@@ -277,7 +278,7 @@ def upload_body(data: bytes | memoryview) -> bytes | BinaryIO:
 
 
 def account_key_of(connection_string: str) -> tuple[str, str]:
-    pairs = parse_connection_string(connection_string)
+    pairs = connection_string_pairs(connection_string)
     name, key = pairs.get("accountname"), pairs.get("accountkey")
     if not name or not key:
         raise ConfigurationError(

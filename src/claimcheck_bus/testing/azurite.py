@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from claimcheck_bus.connection_strings import AZURITE_ACCOUNT
+
 #: Azurite's public, well-known development account (documented by Microsoft; not a secret).
-ACCOUNT_NAME = "devstoreaccount1"
+ACCOUNT_NAME = AZURITE_ACCOUNT
 ACCOUNT_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )

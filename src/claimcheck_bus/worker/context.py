@@ -19,3 +19,5 @@ class EventContext:
     """How many deliveries came before this one (0 on the first)."""
     enqueued_time: datetime | None
     properties: dict[str, Any] = field(default_factory=dict)
+    session_id: str | None = None
+    """The message's session (on a session entity, every message has one)."""

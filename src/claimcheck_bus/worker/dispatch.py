@@ -362,3 +362,15 @@ def percentile(values: Sequence[float], fraction: float) -> float | None:
     ordered = sorted(values)
     rank = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
     return ordered[rank]
+
+
+def first_failure(errors: Sequence[BaseException | None]) -> int | None:
+    """The position of a session batch's first failed message: it and everything behind it
+    wait (order first); ``None`` when all succeeded."""
+    return next((index for index, error in enumerate(errors) if error is not None), None)
+
+
+def session_receive_size(batch_size: int, held: int) -> int:
+    """How many messages a session's next receive asks for: a batch, less the messages held
+    behind a failure (at least one, so the failed message can come back)."""
+    return max(1, batch_size - held)

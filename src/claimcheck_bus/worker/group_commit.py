@@ -23,9 +23,10 @@ InThread = Callable[..., Awaitable[Any]]
 class _Group:
     """The events one caller hands in together, and their outcomes as batches apply them."""
 
-    __slots__ = ("future", "outcomes", "unresolved")
+    __slots__ = ("future", "outcomes", "together", "unresolved")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, together: bool = False) -> None:
+        self.together = together
         self.future: asyncio.Future[list[bool | Exception]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -61,13 +62,19 @@ class GroupCommit:
         self._concurrency = concurrency
         self._draining: set[asyncio.Task[None]] = set()
 
-    async def apply(self, events: Sequence[Pending]) -> list[bool | Exception]:
+    async def apply(
+        self, events: Sequence[Pending], *, together: bool = False
+    ) -> list[bool | Exception]:
         """Apply ``events`` with the next batches; each one's outcome, in order: ``True``
         applied, ``False`` a duplicate, or what its handler raised (its writes rolled back,
-        the rest of the batch unharmed)."""
+        the rest of the batch unharmed).
+
+        ``together`` keeps them in one transaction (unless they outnumber a batch): a
+        session's events, which must not commit in two transactions running side by side.
+        """
         if not events:
             return []
-        group = _Group(len(events))
+        group = _Group(len(events), together)
         self._waiting.extend((pending, group, index) for index, pending in enumerate(events))
         # Drains already running pick these up when their transaction ends; new ones (a
         # batch's worth each) start at once, as far as the store runs transactions side by side.
@@ -80,7 +87,8 @@ class GroupCommit:
 
     async def _drain(self) -> None:
         while self._waiting:
-            batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+            cut = batch_cut([g if g.together else None for _, g, _ in self._waiting], self._max)
+            batch, self._waiting = self._waiting[:cut], self._waiting[cut:]
             try:
                 outcomes: list[bool | Exception] = await self._in_thread(
                     self.runner.apply_batch, [pending for pending, _, _ in batch], self._middleware
@@ -97,3 +105,23 @@ class GroupCommit:
                 raise
             for (_, group, index), outcome in zip(batch, outcomes, strict=True):
                 group.resolve(index, outcome)
+
+
+def batch_cut(units: Sequence[object | None], most: int) -> int:
+    """How many waiting events the next batch takes: at most ``most``, without splitting the
+    events of one unit (given per event, ``None`` for an event on its own) unless that unit
+    alone is larger than ``most``. A unit's events wait next to each other."""
+    if len(units) <= most:
+        return len(units)
+    split = units[most]
+    if split is None or units[most - 1] is not split:
+        return most
+    start = most - 1
+    while start > 0 and units[start - 1] is split:
+        start -= 1
+    if start > 0:
+        return start  # the unit goes whole into the next batch
+    end = most
+    while end < len(units) and units[end] is split:
+        end += 1
+    return end  # larger than a batch: one larger transaction keeps its order

@@ -52,8 +52,21 @@ class Middleware:
     ) -> None:
         """The message was settled (``duration``: seconds from receipt to settlement)."""
 
+    def session_started(self, entity: str, session_id: str) -> None:
+        """The worker accepted a session of a session entity and holds its lock."""
 
-HOOKS = ("before_handle", "before_commit", "after_commit", "after_handle")
+    def session_ended(self, entity: str, session_id: str) -> None:
+        """The worker let a session go (idle, lost, or stopping)."""
+
+
+HOOKS = (
+    "before_handle",
+    "before_commit",
+    "after_commit",
+    "after_handle",
+    "session_started",
+    "session_ended",
+)
 
 
 def overriding(middleware: Sequence[Middleware], hook: str) -> list[Middleware]:
@@ -110,15 +123,20 @@ class LoggingMiddleware(Middleware):
 
 
 class MetricsMiddleware(Middleware):
-    """Counts outcomes and keeps recent read-model lag per projection; also records them to
-    OpenTelemetry when ``opentelemetry`` is importable and ``meter`` (or the global one) is set."""
+    """Counts outcomes and keeps recent read-model lag per projection; on session entities,
+    the sessions held and each held session's lag. Also records them to OpenTelemetry when
+    ``opentelemetry`` is importable and ``meter`` (or the global one) is set."""
 
     def __init__(self, *, window: int = 10_000, meter: Any = None, use_otel: bool = True) -> None:
         self.outcomes: dict[str, int] = defaultdict(int)
+        self.sessions_active: dict[str, int] = defaultdict(int)
+        """Sessions held now, by entity."""
         self._lags: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=window))
+        self._session_lags: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._lag_histogram: Any = None
         self._outcome_counter: Any = None
+        self._sessions_gauge: Any = None
         if use_otel:
             self._setup_otel(meter)
 
@@ -134,6 +152,9 @@ class MetricsMiddleware(Middleware):
         self._outcome_counter = meter.create_counter(
             "claimcheck.worker.messages", description="messages settled, by outcome"
         )
+        self._sessions_gauge = meter.create_up_down_counter(
+            "claimcheck.worker.sessions", description="sessions held, by entity"
+        )
 
     def after_commit(self, context: EventContext, projection: str, lag: float | None) -> None:
         """Record one commit's lag."""
@@ -141,6 +162,9 @@ class MetricsMiddleware(Middleware):
             return
         with self._lock:
             self._lags[projection].append(lag)
+            key = (context.entity, context.session_id or "")
+            if context.session_id is not None and key in self._session_lags:
+                self._session_lags[key] = lag
         if self._lag_histogram is not None:
             self._lag_histogram.record(lag, {"projection": projection})
 
@@ -156,6 +180,29 @@ class MetricsMiddleware(Middleware):
             self.outcomes[outcome.value] += 1
         if self._outcome_counter is not None:
             self._outcome_counter.add(1, {"outcome": outcome.value, "entity": context.entity})
+
+    def session_started(self, entity: str, session_id: str) -> None:
+        """Count a session held."""
+        with self._lock:
+            self.sessions_active[entity] += 1
+            self._session_lags[(entity, session_id)] = 0.0
+        if self._sessions_gauge is not None:
+            self._sessions_gauge.add(1, {"entity": entity})
+
+    def session_ended(self, entity: str, session_id: str) -> None:
+        """Count a session let go, and forget its lag."""
+        with self._lock:
+            self.sessions_active[entity] -= 1
+            self._session_lags.pop((entity, session_id), None)
+        if self._sessions_gauge is not None:
+            self._sessions_gauge.add(-1, {"entity": entity})
+
+    def session_lags(self, entity: str) -> dict[str, float]:
+        """The lag (seconds, enqueue to commit) of each session of ``entity`` held now, as of
+        its last commit (0 until then). Kept per held session only: session ids are
+        unbounded, so they are never metric attributes."""
+        with self._lock:
+            return {s: lag for (e, s), lag in self._session_lags.items() if e == entity}
 
     def lags(self, projection: str) -> list[float]:
         """The recent lags (seconds) of ``projection``."""

@@ -112,6 +112,17 @@ class Pending:
     context: EventContext
     batch: bool = False
     """The handler takes lists: ``handler(events, db, contexts)``."""
+    chain: str | None = None
+    """Events of one chain (a session) apply in order: once one fails, the later ones of its
+    chain in the same batch are not applied (:class:`BlockedBehindError`)."""
+
+
+class BlockedBehindError(Exception):
+    """Not applied: an earlier event of its chain (session) failed, and order comes first."""
+
+    def __init__(self, chain: str) -> None:
+        super().__init__(f"an earlier event of session {chain!r} failed; not applied before it")
+        self.chain = chain
 
 
 class _EventFailed(Exception):
@@ -173,6 +184,9 @@ class ProjectionRunner:
         insert, the commit, a batch handler) has each event retried alone, so one bad event
         never fails the others. Handlers must therefore expect to run again after a
         rollback, as they must for a redelivery.
+
+        Events of a ``chain`` keep their order: behind one that failed, the later events of
+        its chain are not applied (their outcome is a :class:`BlockedBehindError`).
         """
         clock = now or _utc_now
         outcomes: dict[int, bool | Exception] = {}
@@ -183,13 +197,26 @@ class ProjectionRunner:
             except _EventFailed as failed:
                 outcomes[failed.index] = failed.error
                 remaining.remove(failed.index)
+                chain = batch[failed.index].chain
+                if chain is not None:
+                    for index in [i for i in remaining if i > failed.index]:
+                        if batch[index].chain == chain:
+                            outcomes[index] = BlockedBehindError(chain)
+                            remaining.remove(index)
                 continue  # the others, together again
             except Exception as error:
                 if len(remaining) == 1:
                     outcomes[remaining[0]] = error
                 else:
+                    failed_chains: set[str] = set()
                     for index in remaining:
+                        chain = batch[index].chain
+                        if chain is not None and chain in failed_chains:
+                            outcomes[index] = BlockedBehindError(chain)
+                            continue
                         [outcomes[index]] = self.apply_batch([batch[index]], middleware, now)
+                        if chain is not None and isinstance(outcomes[index], Exception):
+                            failed_chains.add(chain)
             else:
                 outcomes.update((index, index in applied) for index in remaining)
             break

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import inspect
 import json
 import logging
@@ -20,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -39,7 +37,6 @@ from claimcheck_bus.worker.dispatch import (
     decide,
     event_type_of,
     event_version_of,
-    inbox_key,
     lag_seconds,
     next_turn,
     parse_json,
@@ -54,6 +51,7 @@ from claimcheck_bus.worker.dispatch import (
     upcast_chain,
 )
 from claimcheck_bus.worker.group_commit import GroupCommit
+from claimcheck_bus.worker.handling import EntityState, Handling, Target, context_of
 from claimcheck_bus.worker.lock_renewal import LockRenewal
 from claimcheck_bus.worker.middleware import HOOKS, Middleware, Outcome, overriding
 from claimcheck_bus.worker.outcome_log import log_outcome, quiet_sdk_chatter
@@ -63,88 +61,11 @@ from claimcheck_bus.worker.projection import (
     ProjectionRunner,
     declared_handlers,
 )
+from claimcheck_bus.worker.session_lane import SessionLane
 from claimcheck_bus.worker.stores.base import ProjectionStore
 
 log = logging.getLogger("claimcheck_bus.worker")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class _Target:
-    """What a route calls: a projection's handler (through its runner) or a plain handler."""
-
-    function: Callable[..., Any]
-    runner: ProjectionRunner | None = None
-    upcasters: Mapping[tuple[str, int], Upcaster] = field(default_factory=dict)
-    takes_context: bool = True
-    batch: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class _Handling:
-    """One message of a received batch on its way through the handlers to its settlement."""
-
-    event: AsyncReceivedEvent[bytes]
-    context: EventContext
-    renewal: LockRenewal
-    started: float
-    error: Exception | None = None
-    applied: bool = False
-    """Some projection applied it, or a plain handler ran."""
-    plain: list[tuple[_Target, Any]] = field(default_factory=list)
-    """Its plain (at-least-once) handlers, with the event decoded for each."""
-    parts: int = 0
-    """Its projections and its plain handlers (as one part) still to run."""
-    decision: Decision | None = None
-    """Set once its handlers are done: how its lane settles it."""
-
-    def part_done(self, ready: Callable[[_Handling], None]) -> None:
-        """One part ran: the message is ``ready`` once none is left."""
-        self.parts -= 1
-        if not self.parts:
-            ready(self)
-
-
-@dataclass
-class _Entity:
-    """A queue or a topic subscription the worker consumes, with its routes and its lane's
-    state."""
-
-    queue: str | None
-    topic: str | None
-    subscription: str | None
-    routes: list[Route] = field(default_factory=list)
-    inflight: int = 0
-    """Messages received and not yet settled."""
-    ready: list[_Handling] = field(default_factory=list)
-    """Messages whose handlers are done, for the lane to settle."""
-    backing_off: dict[_Handling, asyncio.TimerHandle] = field(default_factory=dict)
-    """Messages to abandon once their backoff is over."""
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when the lane may have something to do: a message ready, slots freed, stop asked."""
-    receiving_over: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set once the lane has stopped receiving (it still settles)."""
-    untyped: Callable[[EventContext], str | None] | None = None
-    """The event type of messages that name none (see :meth:`Worker.route_untyped`)."""
-
-    @property
-    def path(self) -> str:
-        """``orders`` or ``events/Subscriptions/billing``, for logs and contexts."""
-        if self.topic:
-            return f"{self.topic}/Subscriptions/{self.subscription}"
-        return self.queue or "<default queue>"
-
-    def make_ready(self, handling: _Handling) -> None:
-        """Queue ``handling`` for settlement and wake the lane."""
-        self.backing_off.pop(handling, None)
-        self.ready.append(handling)
-        self.wake.set()
-
-    def end_backoffs(self) -> None:
-        """Abandon now what waits out a backoff (the worker is stopping)."""
-        for handling, timer in list(self.backing_off.items()):
-            timer.cancel()
-            self.make_ready(handling)
 
 
 class Worker:
@@ -155,6 +76,13 @@ class Worker:
     entities. A projection's events are applied in batches of at most ``max_batch_size``,
     one transaction each (see ``group_commit``); handlers run in threads so lock renewal
     keeps going while they compute.
+
+    Without sessions there is no order: messages are handled side by side and a redelivery
+    comes after later messages. A session entity (``sessions=True`` when adding handlers) is
+    consumed in order within each session: up to ``max_concurrent_sessions`` sessions at
+    once, each one batch of at most ``max_batch_size`` messages after the other, a session
+    let go after ``session_idle_timeout`` seconds without messages (see ``session_lane``).
+    ``max_concurrency`` bounds the messages in flight on entities without sessions.
 
     At INFO it logs one line for each message it dead-letters, abandons or fails to settle
     (see ``outcome_log``). While it serves, the Azure SDKs' INFO chatter (every link's state,
@@ -178,9 +106,13 @@ class Worker:
         refill_fraction: float = 0.5,
         max_batch_size: int = 64,
         quiet_sdk_logs: bool = True,
+        max_concurrent_sessions: int = 8,
+        session_idle_timeout: float = 1.0,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if max_concurrent_sessions < 1:
+            raise ValueError("max_concurrent_sessions must be at least 1")
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         retention_cutoff(datetime.now(timezone.utc), inbox_retention)  # validates it
@@ -196,8 +128,10 @@ class Worker:
         self.refill_fraction = refill_fraction
         self.max_batch_size = max_batch_size
         self.quiet_sdk_logs = quiet_sdk_logs
+        self.max_concurrent_sessions = max_concurrent_sessions
+        self.session_idle_timeout = session_idle_timeout
         self._credential = credential
-        self._entities: dict[tuple[str | None, str | None, str | None], _Entity] = {}
+        self._entities: dict[tuple[str | None, str | None, str | None], EntityState] = {}
         self._runners: list[ProjectionRunner] = []
         self._commits: dict[int, GroupCommit] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
@@ -213,7 +147,13 @@ class Worker:
 
     # -- registration ----------------------------------------------------------------------
 
-    def _entity(self, queue: str | None, topic: str | None, subscription: str | None) -> _Entity:
+    def _entity(
+        self,
+        queue: str | None,
+        topic: str | None,
+        subscription: str | None,
+        sessions: bool | None = None,
+    ) -> EntityState:
         if topic and not subscription:
             raise ValueError(f"topic {topic!r} needs a subscription to consume from")
         if queue and topic:
@@ -225,7 +165,15 @@ class Worker:
         key = (queue, topic, subscription)
         entity = self._entities.get(key)
         if entity is None:
-            entity = self._entities[key] = _Entity(queue, topic, subscription)
+            entity = self._entities[key] = EntityState(queue, topic, subscription)
+        if sessions is not None:
+            if entity.routes and entity.sessions != sessions:
+                raise ValueError(
+                    f"{entity.path} is already consumed "
+                    f"{'with' if entity.sessions else 'without'} sessions=True: an entity "
+                    "requires sessions or does not, for all its handlers"
+                )
+            entity.sessions = sessions
         return entity
 
     def add_projection(
@@ -236,17 +184,22 @@ class Worker:
         queue: str | None = None,
         topic: str | None = None,
         subscription: str | None = None,
+        sessions: bool = False,
     ) -> ProjectionRunner:
-        """Feed ``projection`` (stored in ``store``) from a queue or a topic subscription."""
+        """Feed ``projection`` (stored in ``store``) from a queue or a topic subscription.
+
+        ``sessions=True`` consumes a session entity (``RequiresSession``): each session's
+        events are applied strictly in the order they were sent, several sessions at once.
+        """
         runner = ProjectionRunner(projection, store)
         if any(r.name == runner.name and r.store is store for r in self._runners):
             raise ValueError(f"projection {runner.name!r} is already registered with this store")
         handlers = declared_handlers(projection)
         if not handlers:
             raise ValueError(f"projection {runner.name!r} has no @handles methods")
-        entity = self._entity(queue, topic, subscription)
+        entity = self._entity(queue, topic, subscription, sessions)
         for declared, function in handlers:
-            target = _Target(function, runner, dict(projection.upcasters), batch=declared.batch)
+            target = Target(function, runner, dict(projection.upcasters), batch=declared.batch)
             entity.routes.append(
                 Route(declared.event_type, declared.version, declared.event_class, target)
             )
@@ -263,12 +216,16 @@ class Worker:
         subscription: str | None = None,
         version: int | None = None,
         event_type: str | None = None,
+        sessions: bool = False,
     ) -> None:
         """Call ``handler(event)`` or ``handler(event, context)`` (sync or async) for each
-        ``event_class`` event: at-least-once, no inbox (make it idempotent)."""
+        ``event_class`` event: at-least-once, no inbox (make it idempotent).
+
+        ``sessions=True`` consumes a session entity, in order within each session.
+        """
         parameters = inspect.signature(handler).parameters
-        target = _Target(handler, None, {}, takes_context=len(parameters) >= 2)
-        self._entity(queue, topic, subscription).routes.append(
+        target = Target(handler, None, {}, takes_context=len(parameters) >= 2)
+        self._entity(queue, topic, subscription, sessions).routes.append(
             Route(
                 event_type_of(event_class, event_type),
                 event_version_of(event_class, version),
@@ -374,7 +331,11 @@ class Worker:
             ) as bus:
                 log.info("worker consuming %s", ", ".join(e.path for e in self._entities.values()))
                 lanes = [
-                    asyncio.create_task(self._lane(bus, entity, handling))
+                    asyncio.create_task(
+                        SessionLane(self, bus, entity, self._stop).run()
+                        if entity.sessions
+                        else self._lane(bus, entity, handling)
+                    )
                     for entity in self._entities.values()
                 ]
                 background = [
@@ -454,7 +415,7 @@ class Worker:
         await asyncio.gather(*lanes, *handling, return_exceptions=True)
 
     async def _lane(
-        self, bus: AsyncClaimCheckBus, entity: _Entity, handling: set[asyncio.Task[None]]
+        self, bus: AsyncClaimCheckBus, entity: EntityState, handling: set[asyncio.Task[None]]
     ) -> None:
         """Use ``entity``'s link until stopped and settled: receive batches, settle messages."""
         assert self._stop is not None
@@ -536,7 +497,7 @@ class Worker:
         finally:
             entity.receiving_over.set()  # also when the lane failed: shutdown must not wait
 
-    def _may_receive(self, entity: _Entity) -> bool:
+    def _may_receive(self, entity: EntityState) -> bool:
         return should_receive(
             self.max_concurrency - self._active,
             self.max_concurrency,
@@ -570,11 +531,18 @@ class Worker:
 
     # -- settling (the lane) -----------------------------------------------------------------
 
-    async def _settle_ready(self, entity: _Entity, ready: list[_Handling]) -> None:
+    async def _settle_ready(self, entity: EntityState, ready: list[Handling]) -> None:
         """Settle ``ready`` messages side by side, each by its decision, and free their slots."""
+        await self._settle_all(ready)
+        entity.inflight -= len(ready)
+        self._release(len(ready))
+
+    async def _settle_all(self, ready: list[Handling]) -> list[Outcome]:
+        """Settle ``ready`` messages side by side, each by its decision; log and report how."""
         results = await asyncio.gather(
             *(self._settle(handling) for handling in ready), return_exceptions=True
         )
+        outcomes = []
         for handling, result in zip(ready, results, strict=True):
             error: BaseException | None = handling.error
             if isinstance(result, Outcome):
@@ -583,8 +551,8 @@ class Worker:
             else:
                 outcome, error = Outcome.SETTLE_FAILED, error or result
                 log_outcome(log, handling.context, outcome, handling.decision, result)
-            handling.renewal.release(handling.event)
-            entity.inflight -= 1
+            if handling.renewal is not None:
+                handling.renewal.release(handling.event)
             self._hook(
                 "after_handle",
                 handling.context,
@@ -592,9 +560,10 @@ class Worker:
                 error,
                 time.monotonic() - handling.started,
             )
-        self._release(len(ready))
+            outcomes.append(outcome)
+        return outcomes
 
-    async def _settle(self, handling: _Handling) -> Outcome:
+    async def _settle(self, handling: Handling) -> Outcome:
         decision, event = handling.decision, handling.event
         assert decision is not None
         if decision.settle is Settle.COMPLETE:
@@ -608,7 +577,9 @@ class Worker:
 
     # -- handling one received batch ---------------------------------------------------------
 
-    async def _handle_batch(self, entity: _Entity, events: list[AsyncReceivedEvent[bytes]]) -> None:
+    async def _handle_batch(
+        self, entity: EntityState, events: list[AsyncReceivedEvent[bytes]]
+    ) -> None:
         """Run the handlers of one receive's messages: one group commit per projection, and
         each message ready for its lane as soon as its own handlers are done. A task per
         batch rather than per message keeps the worker's bookkeeping small next to the SDK's."""
@@ -618,10 +589,10 @@ class Worker:
         started = time.monotonic()
         renewal = LockRenewal(events)
         handlings = [
-            _Handling(event, _context(event, entity), renewal, started) for event in events
+            Handling(event, context_of(event, entity), renewal, started) for event in events
         ]
 
-        def ready(handling: _Handling) -> None:
+        def ready(handling: Handling) -> None:
             if handling.decision is not None:
                 return
             # Its handlers are done: the payload's memory (and budget) can serve the next
@@ -671,7 +642,7 @@ class Worker:
                 ready(handling)
 
     async def _fetch_and_dispatch(
-        self, entity: _Entity, handling: _Handling, ready: Callable[[_Handling], None]
+        self, entity: EntityState, handling: Handling, ready: Callable[[Handling], None]
     ) -> None:
         """Fetch one claim-checked payload, then run its handlers: each message on its own,
         so a slow or failing payload delays and fails nothing but its message."""
@@ -679,13 +650,22 @@ class Worker:
         await self._dispatch(entity, [handling], ready)
 
     async def _dispatch(
-        self, entity: _Entity, handlings: list[_Handling], ready: Callable[[_Handling], None]
+        self,
+        entity: EntityState,
+        handlings: list[Handling],
+        ready: Callable[[Handling], None],
+        chain: str | None = None,
     ) -> None:
         """Run every handler of the batch's events and call ``ready`` for each event once its
         own handlers are done, noting on it an error, or ``applied`` when some projection
         applied it (or a plain handler ran); neither when every projection had applied it
-        before."""
-        work: dict[int, list[tuple[_Handling, Pending]]] = {}
+        before.
+
+        With a ``chain`` (a session id) the events are handled in order and nothing behind a
+        failure is: handling stops at an event that cannot be routed, each projection stops
+        at its first failure, and plain handlers run one event after the other.
+        """
+        work: dict[int, list[tuple[Handling, Pending]]] = {}
         plain = []
         for handling in handlings:
             try:
@@ -693,23 +673,30 @@ class Worker:
             except Exception as failure:
                 handling.error = failure
                 ready(handling)
+                if chain is not None:
+                    break
                 continue
             for target, value in routed:
                 if target.runner is None:
                     handling.plain.append((target, value))
                 else:
-                    pending = Pending(target.function, value, handling.context, target.batch)
+                    pending = Pending(target.function, value, handling.context, target.batch, chain)
                     work.setdefault(id(target.runner), []).append((handling, pending))
                     handling.parts += 1
             if handling.plain:
                 handling.parts += 1
                 plain.append(handling)
+        together = chain is not None
         await asyncio.gather(
-            *(self._project(key, pairs, ready) for key, pairs in work.items()),
-            *(self._run_plain(handling, ready) for handling in plain),
+            *(self._project(key, pairs, ready, together) for key, pairs in work.items()),
+            *(
+                [self._run_plain_in_order(plain, ready)]
+                if together
+                else [self._run_plain(handling, ready) for handling in plain]
+            ),
         )
 
-    def _route(self, entity: _Entity, handling: _Handling) -> list[tuple[_Target, Any]]:
+    def _route(self, entity: EntityState, handling: Handling) -> list[tuple[Target, Any]]:
         """Each handler of the event with the event decoded (and upcast) for it."""
         event = handling.event
         version = read_version(handling.context.properties)
@@ -717,7 +704,7 @@ class Worker:
         decoded: dict[tuple[type[Any], int], Any] = {}
         routed = []
         for route in select_routes(entity.routes, handling.context.event_type):
-            target: _Target = route.target
+            target: Target = route.target
             key = (route.event_class, route.version)
             if key not in decoded:
                 upcasters = {**self._upcasters, **target.upcasters}
@@ -728,12 +715,13 @@ class Worker:
     async def _project(
         self,
         key: int,
-        pairs: list[tuple[_Handling, Pending]],
-        ready: Callable[[_Handling], None],
+        pairs: list[tuple[Handling, Pending]],
+        ready: Callable[[Handling], None],
+        together: bool = False,
     ) -> None:
         commit = self._commits[key]
         try:
-            outcomes = await commit.apply([pending for _, pending in pairs])
+            outcomes = await commit.apply([pending for _, pending in pairs], together=together)
         except Exception as failure:  # not the handlers' (they come back as outcomes): a bug
             outcomes = [failure] * len(pairs)
         observed = bool(self._hooks["after_commit"]) or log.isEnabledFor(logging.DEBUG)
@@ -751,7 +739,7 @@ class Worker:
                         log.debug("projection %s lag %.3f s", commit.runner.name, lag)
             handling.part_done(ready)
 
-    async def _run_plain(self, handling: _Handling, ready: Callable[[_Handling], None]) -> None:
+    async def _run_plain(self, handling: Handling, ready: Callable[[Handling], None]) -> None:
         try:
             for target, value in handling.plain:
                 args = (value, handling.context) if target.takes_context else (value,)
@@ -764,37 +752,22 @@ class Worker:
             handling.error = handling.error or failure
         handling.part_done(ready)
 
+    async def _run_plain_in_order(
+        self, handlings: list[Handling], ready: Callable[[Handling], None]
+    ) -> None:
+        """The plain handlers of a session's events, one event after the other, stopping at
+        the first that fails."""
+        for handling in handlings:
+            await self._run_plain(handling, ready)
+            if handling.error is not None:
+                return
+
     def _hook(self, name: str, *args: Any) -> None:
         for hook in self._hooks[name]:
             try:
                 hook(*args)
             except Exception:  # observability must never fail a message
                 log.warning("middleware hook %r failed", hook, exc_info=True)
-
-
-def _context(event: AsyncReceivedEvent[bytes], entity: _Entity) -> EventContext:
-    properties = dict(event.properties)
-    try:
-        version = read_version(properties)
-    except Exception:  # reported when dispatching; the context still describes the message
-        version = 0
-    context = EventContext(
-        message_id=inbox_key(event.message_id, event.sequence_number),
-        event_type=event.event_type,
-        event_version=version,
-        entity=entity.path,
-        delivery_count=event.delivery_count or 0,
-        enqueued_time=event.enqueued_time,
-        properties=properties,
-    )
-    if context.event_type is None and entity.untyped is not None:
-        try:
-            event_type = entity.untyped(context)
-        except Exception:  # the resolver's bug: routed nowhere, so dead-lettered with why
-            log.warning("the event type resolver of %s failed", entity.path, exc_info=True)
-            event_type = None
-        context = dataclasses.replace(context, event_type=event_type)
-    return context
 
 
 def _decode(
