@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,8 @@ def main() -> int:
         if not conn.startswith("Endpoint="):
             print(f"emulator did not start: {conn!r}", file=sys.stderr)
             return 1
+        # The emulator keeps writing to its stdout: a pipe nobody reads would fill up and stop it.
+        threading.Thread(target=emulator.stdout.read, daemon=True).start()
         if args.pin:
             print(pin(emulator.pid))
         os.environ["CLAIMCHECK_CONFIG_DIR"] = folder  # no project settings leak in

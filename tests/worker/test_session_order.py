@@ -35,10 +35,9 @@ EVENTS = STREAMS * PER_STREAM
 BIG_EVERY = 20
 """Every 20th event published is large enough to travel through Blob Storage (5%)."""
 LOCK = 15.0
-"""The queue's lock duration. A killed worker's sessions come back sooner, when the broker sees
-its connection drop. A lock of a few seconds expires on a loaded machine while a worker still
-applies a batch, and the session's next holder may then apply later events before that batch
-commits (docs/sessions-and-ordering.md, "Lock duration")."""
+"""The queue's lock duration: long enough not to expire while a worker on this loaded machine
+applies a batch. A killed worker's sessions come back sooner, when the broker sees its
+connection drop."""
 
 
 async def publish_interleaved(settings: BusSettings, queue: str) -> list[PublishReceipt]:
