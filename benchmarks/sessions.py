@@ -242,7 +242,7 @@ async def run(
             else f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
         )
         table.add_row(label, worker_name(queue, slots), f"{statistics.median(values):,.0f}", ratio)
-    Console().print(table)
+    Console(width=120).print(table)
 
 
 def worker_name(queue: str, slots: int) -> str:
