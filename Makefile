@@ -31,9 +31,15 @@ lint: $(PIP_STAMP)
 	@$(PY) -m ruff format --check $(LINT_PATHS)
 	@$(PY) -m mypy
 
+# The suite runs in pytest-xdist workers: most of it waits on sockets (receive waits, lock
+# expiries), so 4 workers keep 2 cores busy. Each worker starts its own emulator and Azurite
+# and creates its own PostgreSQL database; tests that start whole process trees share one
+# xdist_group so they run one at a time. `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 4
+
 test: setup lint docs
-	@echo "==> pytest"
-	@$(PY) -m pytest
+	@echo "==> pytest ($(PYTEST_WORKERS) workers)"
+	@$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 # The docs site, strictly: a broken link or a docstring mkdocstrings cannot read fails the build.
 docs: $(PIP_STAMP)

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -62,7 +63,10 @@ def emulator(config: Path, *, pinned: bool = False) -> Iterator[str]:
         os.sched_setaffinity(0, set(cpus[:-1]))
     try:
         assert process.stdout is not None
-        yield process.stdout.readline().strip()
+        connection_string = process.stdout.readline().strip()
+        # It goes on writing to stdout: a pipe nobody reads would fill up and stop it.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
+        yield connection_string
     finally:
         process.terminate()
         process.wait(10)

@@ -1,8 +1,12 @@
 """The one-command demo: ``python samples/demo.py [--keep-running]`` (``make demo``).
 
 Starts Azurite and the Service Bus emulator on free ports, the billing worker and the order API,
-posts a handful of orders (small, large, one invalid), waits for the invoices in the read model,
-prints a table and stops everything (also on Ctrl-C or failure). Exit code 0 means it all worked.
+posts a handful of orders (small, large, one invalid), cancels two of them at once, waits for
+the invoices in the read model (those of the cancelled orders void), prints a table and stops
+everything (also on Ctrl-C or failure). Exit code 0 means it all worked.
+
+An order's events travel in its own session on the session-enabled ``orders`` queue, so billing
+applies each cancellation after the creation it cancels, though both are queued together.
 """
 
 from __future__ import annotations
@@ -205,18 +209,19 @@ def _order(customer: str, lines: int, *, attachment_kb: int = 0) -> dict[str, An
     return order
 
 
-def demo_orders() -> list[tuple[str, dict[str, Any]]]:
-    """(label, body): small orders, large ones (lines, an attachment) and an invalid one."""
+def demo_orders() -> list[tuple[str, dict[str, Any], bool]]:
+    """(label, body, cancel it): small orders, large ones (lines, an attachment) and an invalid
+    one; a small and a large one are cancelled right after they are accepted."""
     invalid = _order("cust-bad", 1)
     invalid["Products"][0]["Quantity"] = 0
     del invalid["BillingAddress"]
     return [
-        ("small", _order("cust-alice", 2)),
-        ("small", _order("cust-bob", 5)),
-        ("small", _order("cust-alice", 12)),
-        ("many lines", _order("cust-carol", 600)),
-        ("attachment", _order("cust-bob", 3, attachment_kb=120)),
-        ("invalid", invalid),
+        ("small", _order("cust-alice", 2), False),
+        ("small", _order("cust-bob", 5), True),
+        ("small", _order("cust-alice", 12), False),
+        ("many lines", _order("cust-carol", 600), True),
+        ("attachment", _order("cust-bob", 3, attachment_kb=120), False),
+        ("invalid", invalid, False),
     ]
 
 
@@ -305,6 +310,10 @@ def scenario(stack: Stack, workdir: Path, args: argparse.Namespace) -> None:
     print_table(rows)
     archived = wait_for_archive(workdir / "invoice-archive", rows, args.timeout)
     step(f"{archived} invoice documents published as InvoiceIssued and archived by the subscriber")
+    voided = sum(row.status == "void" for row in rows)
+    step(
+        f"{voided} cancelled orders: their invoices void, each cancellation applied in its session"
+    )
 
     if args.keep_running:
         keep_running(orders_url, billing_url, servicebus, storage, env)
@@ -319,16 +328,25 @@ class Row:
     payload_bytes: int
     route: str
     posted_at: float
+    cancelled: bool = False
     total: str = ""
+    status: str = ""
+    due: str = ""
     lag_ms: float | None = None
     claim_checked_seen: bool | None = None
 
+    @property
+    def settled(self) -> bool:
+        """Billing has the invoice in its final state: void if the order was cancelled."""
+        return bool(self.status) and (self.status == "void") == self.cancelled
+
 
 def post_orders(orders_url: str) -> list[Row]:
-    """POST each demo order; the invalid one must get 422, which is shown."""
+    """POST each demo order, and cancel those marked at once; the invalid one must get 422,
+    which is shown."""
     rows: list[Row] = []
     with httpx.Client(base_url=orders_url, timeout=30) as client:
-        for label, body in demo_orders():
+        for label, body, cancel in demo_orders():
             answer = client.post("/orders", json=body)
             if label == "invalid":
                 if answer.status_code != 422:
@@ -356,9 +374,30 @@ def post_orders(orders_url: str) -> list[Row]:
             step(
                 f"POST /orders ({label}, {len(body['Products'])} lines) -> 202 order "
                 f"{accepted['order_id'][:8]}, {accepted['payload_bytes']:,} bytes, "
-                f"{accepted['route']}"
+                f"{accepted['route']}, OrderCreated in session {accepted['session_id'][:8]}"
             )
+            if cancel:
+                cancel_order(client, rows[-1])
     return rows
+
+
+def cancel_order(client: httpx.Client, row: Row) -> None:
+    """Cancel an order right after it was accepted: billing may not have invoiced it yet."""
+    answer = client.post(f"/orders/{row.order_id}/cancel", json={"Reason": "changed my mind"})
+    if answer.status_code != 202:
+        raise DemoError(
+            f"POST /orders/{row.order_id}/cancel answered {answer.status_code}: {answer.text[:500]}"
+        )
+    accepted = answer.json()
+    if accepted["session_id"] != row.order_id:
+        raise DemoError(
+            f"the cancellation of {row.order_id} went to session {accepted['session_id']}"
+        )
+    row.cancelled = True
+    step(
+        f"POST /orders/{row.order_id[:8]}/cancel -> 202, OrderCancelled in session "
+        f"{accepted['session_id'][:8]}, behind its OrderCreated"
+    )
 
 
 def wait_for_invoices(stack: Stack, billing_url: str, rows: list[Row], timeout: float) -> None:
@@ -370,20 +409,32 @@ def wait_for_invoices(stack: Stack, billing_url: str, rows: list[Row], timeout: 
         while pending:
             for order_id, row in list(pending.items()):
                 answer = client.get(f"/invoices/{order_id}")
-                if answer.status_code == 200:
-                    invoice = answer.json()
-                    row.total = f"{invoice['currency']} {invoice['total']}"
-                    row.lag_ms = invoice["lag_ms"]
-                    row.claim_checked_seen = invoice["claim_checked"]
+                if answer.status_code != 200:
+                    continue
+                invoice = answer.json()
+                if invoice["status"] == row.status:
+                    continue
+                row.total = f"{invoice['currency']} {invoice['total']}"
+                row.status = invoice["status"]
+                row.due = f"{invoice['currency']} {invoice['amount_due']}"
+                row.lag_ms = invoice["lag_ms"]
+                row.claim_checked_seen = invoice["claim_checked"]
+                if row.status == "void":
+                    step(
+                        f"invoice {invoice['invoice_id'][:12]} void (order cancelled: "
+                        f"{invoice['cancel_reason']}), amount due {row.due}"
+                    )
+                else:
+                    step(f"invoice {invoice['invoice_id'][:12]} issued ({row.total})")
+                if row.settled:
                     del pending[order_id]
-                    step(f"invoice {invoice['invoice_id'][:12]} ready ({row.total})")
             if not pending:
                 break
             stack.check_alive()
             if time.monotonic() > deadline:
                 raise DemoError(
-                    f"no invoice within {timeout:.0f} s for orders {sorted(pending)}; "
-                    "run with --verbose to see the services' logs"
+                    f"no invoice in its final state within {timeout:.0f} s for orders "
+                    f"{sorted(pending)}; run with --verbose to see the services' logs"
                 )
             time.sleep(0.2)
 
@@ -402,9 +453,10 @@ def wait_for_archive(archive: Path, rows: list[Row], timeout: float) -> int:
 
 
 def print_table(rows: list[Row]) -> None:
-    """The result table: order id, payload bytes, route, invoice total, lag."""
+    """The result table: order id, payload bytes, route, invoice total, status and amount due,
+    lag."""
     header = f"{'order id':<36}  {'order':<10}  {'payload bytes':>13}  {'route':<13}  " + (
-        f"{'invoice total':>14}  {'lag ms':>8}"
+        f"{'invoice total':>14}  {'status':<6}  {'amount due':>12}  {'lag ms':>8}"
     )
     print()
     print(header)
@@ -413,7 +465,7 @@ def print_table(rows: list[Row]) -> None:
         lag = f"{row.lag_ms:8.0f}" if row.lag_ms is not None else f"{'?':>8}"
         print(
             f"{row.order_id:<36}  {row.label:<10}  {row.payload_bytes:>13,}  {row.route:<13}  "
-            f"{row.total:>14}  {lag}"
+            f"{row.total:>14}  {row.status:<6}  {row.due:>12}  {lag}"
         )
     print(flush=True)
     for row in rows:
@@ -438,6 +490,7 @@ The stack keeps running. Explore it with curl:
 
   curl -s -X POST {orders_url}/orders -H 'content-type: application/json' \\
        -d '{example}'
+  curl -s -X POST {orders_url}/orders/<order id>/cancel
   curl -s {billing_url}/invoices/<order id>
   curl -s {billing_url}/customers/cust-alice/invoices
 
@@ -488,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         step("interrupted; everything stopped")
         return 130
-    step("demo finished: every order was published, billed and archived")
+    step("demo finished: every order was published, billed and archived, the cancelled ones voided")
     return code
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field, PlainSerializer
 
@@ -70,7 +70,13 @@ class Attachment(PascalCaseEvent):
 
 
 class OrderCreated(PascalCaseEvent):
-    """Published by the order API for every accepted order (``OrderCreatedEvent`` in .NET)."""
+    """Published by the order API for every accepted order (``OrderCreatedEvent`` in .NET).
+
+    An order's events share its session (the order id): on the session-enabled ``orders``
+    queue, billing receives an order's cancellation after its creation, never before.
+    """
+
+    __session_key__: ClassVar[str] = "order_id"
 
     order_id: str
     customer_id: str
@@ -82,6 +88,17 @@ class OrderCreated(PascalCaseEvent):
     shipping: ShippingDetails
     discounts: list[Discount] = Field(default_factory=list)
     attachments: list[Attachment] = Field(default_factory=list)
+
+
+class OrderCancelled(PascalCaseEvent):
+    """Published by the order API when an order is cancelled, in the order's session."""
+
+    __session_key__: ClassVar[str] = "order_id"
+
+    order_id: str
+    customer_id: str
+    cancelled_at: datetime
+    reason: str = Field(default="", max_length=500)
 
 
 class InvoiceLine(PascalCaseEvent):

@@ -36,11 +36,13 @@ async def bus(bus_settings: BusSettings) -> AsyncIterator[AsyncClaimCheckBus]:
 @pytest.mark.parametrize(
     "size", [KB, 1 * MB, 10 * MB, 100 * MB], ids=["1KB", "1MB", "10MB", "100MB"]
 )
-async def test_publish_and_receive(bus: AsyncClaimCheckBus, size: int) -> None:
+async def test_publish_and_receive(
+    bus: AsyncClaimCheckBus, long_lock_queue: str, size: int
+) -> None:
     sent = Invoice(InvoiceId="i-1", Document="d" * size)
-    receipt = await bus.publish(sent)
+    receipt = await bus.publish(sent, queue=long_lock_queue)
     assert receipt.route is (Route.INLINE if size == KB else Route.CLAIM_CHECK)
-    [event] = await bus.receive(Invoice, max_messages=1, max_wait=10)
+    [event] = await bus.receive(Invoice, queue=long_lock_queue, max_messages=1, max_wait=10)
     assert event.data == sent
     assert event.is_claim_check == (size > KB)
     await event.complete()
@@ -182,7 +184,11 @@ async def test_socket_timeout_bounds_an_empty_receive(bus_settings: BusSettings)
     # The SDK reads its connection in steps of socket_timeout (0.2 s by default) and looks
     # at the receive's own deadline only between reads: a busy worker must poll shorter.
     async with AsyncClaimCheckBus(bus_settings, socket_timeout=0.05) as bus:
-        await bus.receive(bytes, max_wait=10)  # the link is open from here on
+        # Open the link by receiving one message: that returns as soon as it arrives, where
+        # a receive on the empty queue would wait out its whole (generous) budget.
+        await bus.publish(Invoice(InvoiceId="opener", Document="x"))
+        [opener] = await bus.receive(Invoice, max_wait=10)
+        await opener.complete()
         durations = []
         for _ in range(3):
             started = time.monotonic()

@@ -169,9 +169,11 @@ def test_too_large_with_claim_check_off_raises_and_sends_nothing(
 
 
 @pytest.mark.parametrize("size", [1 * MB, 10 * MB, 100 * MB], ids=["1MB", "10MB", "100MB"])
-def test_large_events_are_claim_checked(bus: ClaimCheckBus, azurite: Azurite, size: int) -> None:
+def test_large_events_are_claim_checked(
+    bus: ClaimCheckBus, azurite: Azurite, long_lock_queue: str, size: int
+) -> None:
     sent = order(notes_bytes=size)
-    receipt = bus.publish(sent)
+    receipt = bus.publish(sent, queue=long_lock_queue)
     assert receipt.route is Route.CLAIM_CHECK
     assert receipt.payload_bytes > size
 
@@ -183,7 +185,7 @@ def test_large_events_are_claim_checked(bus: ClaimCheckBus, azurite: Azurite, si
     blob_name = f"{receipt.entity}/OrderCreated/{receipt.message_id}.json"
     assert props["ClaimCheckBlobUri"].decode().split("?")[0].endswith(blob_name)
 
-    event = receive_one(bus)
+    event = receive_one(bus, queue=long_lock_queue)
     assert event.is_claim_check
     assert event.data == sent
     event.complete()

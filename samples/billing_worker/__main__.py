@@ -1,8 +1,9 @@
 """``python -m samples.billing_worker --port 0``: the billing worker and its query API.
 
-One process runs the worker (``orders`` -> invoices read model, exactly once), the outbox relay
-(invoices -> ``InvoiceIssued`` on the ``invoices`` topic), the archive subscriber
-(``invoices/archive``) and the query API; SIGINT/SIGTERM stop them all gracefully.
+One process runs the worker (``orders``, one session per order -> invoices read model, exactly
+once and in each order's sequence), the outbox relay (invoices -> ``InvoiceIssued`` on the
+``invoices`` topic), the archive subscriber (``invoices/archive``) and the query API;
+SIGINT/SIGTERM stop them all gracefully.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Billing's decisions, without I/O: the invoice of an order, its lag, the rendered document."""
+"""Billing's decisions, without I/O: the invoice of an order, its status, its lag, the rendered
+document."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ def invoice_for(order: OrderCreated, issued_at: datetime) -> InvoiceIssued:
         document="",
     )
     return invoice.model_copy(update={"document": render(invoice)})
+
+
+def invoice_status(total: str, voided: bool) -> tuple[str, str]:
+    """An invoice's status and amount due: ``issued`` and its total, or ``void`` and 0 once
+    its order was cancelled."""
+    return ("void", "0.00") if voided else ("issued", total)
 
 
 def render(invoice: InvoiceIssued) -> str:

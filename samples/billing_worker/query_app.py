@@ -17,7 +17,8 @@ def create_query_app(read_model: ReadModel) -> FastAPI:
 
     @app.get("/invoices/{order_id}")
     async def invoice(order_id: str) -> dict[str, Any]:
-        """The invoice of an order; 404 until the worker has billed it."""
+        """The invoice of an order (``status`` ``void`` once the order was cancelled); 404
+        until the worker has billed it."""
         found = await asyncio.to_thread(read_model.invoice, order_id)
         if found is None:
             raise HTTPException(

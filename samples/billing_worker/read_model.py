@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from samples.billing_worker.invoicing import invoice_status
+
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS invoices (
         order_id      TEXT PRIMARY KEY,
@@ -26,6 +28,16 @@ SCHEMA = (
         lag_ms        DOUBLE PRECISION
     )""",
     "CREATE INDEX IF NOT EXISTS invoices_by_customer ON invoices (customer_id, committed_at)",
+    # A cancelled order's invoice is voided: a row here, its amount due 0. A table of its own
+    # (not columns of invoices): a read model from before cancellations gets it by
+    # CREATE TABLE IF NOT EXISTS.
+    """CREATE TABLE IF NOT EXISTS invoice_voids (
+        order_id      TEXT PRIMARY KEY,
+        cancelled_at  TEXT NOT NULL,
+        reason        TEXT NOT NULL,
+        message_id    TEXT NOT NULL,
+        committed_at  TEXT NOT NULL
+    )""",
     # The outbox: InvoiceIssued documents written in the same transaction as the invoice, then
     # published by the relay, so an invoice is announced exactly when it exists.
     """CREATE TABLE IF NOT EXISTS invoice_outbox (
@@ -34,11 +46,13 @@ SCHEMA = (
         published_at  TEXT
     )""",
 )
-TABLES = ("invoices", "invoice_outbox")
+TABLES = ("invoices", "invoice_voids", "invoice_outbox")
 
 _SELECT = (
-    "SELECT order_id, invoice_id, customer_id, currency, total, line_count, claim_checked,"
-    " message_id, enqueued_at, committed_at, lag_ms FROM invoices"
+    "SELECT i.order_id, i.invoice_id, i.customer_id, i.currency, i.total, i.line_count,"
+    " i.claim_checked, i.message_id, i.enqueued_at, i.committed_at, i.lag_ms,"
+    " v.cancelled_at, v.reason"
+    " FROM invoices i LEFT JOIN invoice_voids v ON v.order_id = i.order_id"
 )
 
 
@@ -73,6 +87,12 @@ class Invoice:
     enqueued_at: str | None
     committed_at: str
     lag_ms: float | None
+    status: str
+    """``issued``, or ``void`` once the order was cancelled."""
+    amount_due: str
+    """The total, or ``0.00`` for a voided invoice."""
+    cancelled_at: str | None
+    cancel_reason: str | None
 
 
 class ReadModel:
@@ -102,13 +122,13 @@ class ReadModel:
 
     def invoice(self, order_id: str) -> Invoice | None:
         """The invoice of one order, or None."""
-        rows = self._rows(_SELECT + " WHERE order_id = ?", (order_id,))
+        rows = self._rows(_SELECT + " WHERE i.order_id = ?", (order_id,))
         return _invoice(rows[0]) if rows else None
 
     def customer_invoices(self, customer_id: str, limit: int = 100) -> list[Invoice]:
         """A customer's invoices, newest first."""
         rows = self._rows(
-            _SELECT + " WHERE customer_id = ? ORDER BY committed_at DESC LIMIT ?",
+            _SELECT + " WHERE i.customer_id = ? ORDER BY i.committed_at DESC LIMIT ?",
             (customer_id, limit),
         )
         return [_invoice(row) for row in rows]
@@ -141,6 +161,8 @@ class ReadModel:
 
 
 def _invoice(row: tuple[Any, ...]) -> Invoice:
-    values = list(row)
+    values = list(row[:11])
     values[6] = bool(values[6])
-    return Invoice(*values)
+    cancelled_at, reason = row[11], row[12]
+    status, due = invoice_status(str(values[4]), cancelled_at is not None)
+    return Invoice(*values, status, due, cancelled_at, reason)

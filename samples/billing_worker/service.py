@@ -36,10 +36,13 @@ def build_worker(
     topic: str = TOPIC,
     subscription: str = "archive",
 ) -> Worker:
-    """The worker: billing projection on ``queue``, archive subscriber on ``topic``."""
+    """The worker: billing projection on ``queue`` (session-enabled: one session per order,
+    applied in order), archive subscriber on ``topic``."""
     store = projection_store(database)
     worker = Worker(settings)
-    worker.add_projection(BillingProjection(store.placeholder), store=store, queue=queue)
+    worker.add_projection(
+        BillingProjection(store.placeholder), store=store, queue=queue, sessions=True
+    )
     worker.add_handler(
         InvoiceIssued, InvoiceArchive(archive_dir), topic=topic, subscription=subscription
     )

@@ -1,4 +1,5 @@
-"""The order service: ``POST /orders`` stores the order and publishes ``OrderCreated``."""
+"""The order service: ``POST /orders`` stores the order and publishes ``OrderCreated``;
+``POST /orders/{order_id}/cancel`` publishes ``OrderCancelled`` in the same session."""
 
 from samples.order_api.app import create_app
 

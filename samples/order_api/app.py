@@ -1,7 +1,11 @@
-"""The order API: ``POST /orders`` validates, stores, publishes ``OrderCreated``, answers 202.
+"""The order API: ``POST /orders`` validates, stores, publishes ``OrderCreated``, answers 202;
+``POST /orders/{order_id}/cancel`` does the same with ``OrderCancelled``.
 
 The API does nothing special for large orders: the bus decides per message whether the event
-travels inline or through Blob Storage (``claim_check.max_payload_size_kb``).
+travels inline or through Blob Storage (``claim_check.max_payload_size_kb``). Nor for order:
+both events declare ``__session_key__ = "order_id"``, so the bus sends them in the order's
+session, and billing (consuming the session-enabled queue) applies a cancellation after the
+creation it cancels.
 """
 
 from __future__ import annotations
@@ -18,9 +22,15 @@ from fastapi import FastAPI, HTTPException, Request, status
 from pydantic import BaseModel
 
 from claimcheck_bus import AsyncClaimCheckBus, BusSettings, PublishReceipt
-from samples.events import OrderCreated
-from samples.order_api.commands import CreateOrder, new_order_id, order_created
-from samples.order_api.store import OrderStore
+from samples.order_api.commands import (
+    CancelOrder,
+    CreateOrder,
+    message_id_for,
+    new_order_id,
+    order_cancelled,
+    order_created,
+)
+from samples.order_api.store import OrderEvent, OrderStore
 
 log = logging.getLogger("samples.order_api")
 QUEUE = "orders"
@@ -31,10 +41,12 @@ class OrderAccepted(BaseModel):
 
     order_id: str
     message_id: str
+    session_id: str | None
+    """The Service Bus session the event travelled in: the order id."""
     route: str
     """``inline`` or ``claim-check``."""
     payload_bytes: int
-    """Size of the ``OrderCreated`` JSON."""
+    """Size of the event's JSON."""
 
 
 class OrderStatus(BaseModel):
@@ -42,13 +54,17 @@ class OrderStatus(BaseModel):
 
     order_id: str
     customer_id: str
+    status: str
+    """``created`` or ``cancelled``."""
     published: bool
     route: str | None
     payload_bytes: int | None
+    cancelled_at: str | None
+    cancellation_published: bool
 
 
 class Publisher:
-    """Publishes ``OrderCreated``; locked, as an async bus serves one task at a time."""
+    """Publishes an order's events; locked, as an async bus serves one task at a time."""
 
     def __init__(self, bus: AsyncClaimCheckBus, store: OrderStore, queue: str = QUEUE) -> None:
         self._bus = bus
@@ -56,25 +72,37 @@ class Publisher:
         self._queue = queue
         self._lock = asyncio.Lock()
 
-    async def publish(self, event: OrderCreated) -> PublishReceipt:
-        """Publish ``event`` (message id = order id) and record it in the write store."""
+    async def publish(self, event: OrderEvent) -> PublishReceipt:
+        """Publish ``event`` (its session: the order id, from the event class's
+        ``__session_key__``) and record it in the write store."""
         async with self._lock:
-            receipt = await self._bus.publish(event, queue=self._queue, message_id=event.order_id)
+            receipt = await self._bus.publish(
+                event, queue=self._queue, message_id=message_id_for(event)
+            )
         await asyncio.to_thread(
             self._store.mark_published,
-            event.order_id,
+            event,
             at=datetime.now(timezone.utc),
             route=receipt.route.value,
             payload_bytes=receipt.payload_bytes,
         )
         return receipt
 
-    async def publish_pending(self) -> int:
-        """Publish orders stored but never published (a crash or outage between the two)."""
-        pending = await asyncio.to_thread(self._store.unpublished)
-        for event in pending:
-            await self.publish(event)
-        return len(pending)
+    async def publish_pending(self, order_id: str | None = None) -> list[PublishReceipt]:
+        """Publish the events stored but never published (a crash or outage between the two),
+        of one order or of all, each order's creation before its cancellation."""
+        pending = await asyncio.to_thread(self._store.unpublished, order_id)
+        return [await self.publish(event) for event in pending]
+
+
+def _accepted(order_id: str, receipt: PublishReceipt) -> OrderAccepted:
+    return OrderAccepted(
+        order_id=order_id,
+        message_id=receipt.message_id,
+        session_id=receipt.session_id,
+        route=receipt.route.value,
+        payload_bytes=receipt.payload_bytes,
+    )
 
 
 def create_app(
@@ -96,7 +124,10 @@ def create_app(
         try:
             republished = await publisher.publish_pending()
             if republished:
-                log.info("published %d orders left unpublished by an earlier run", republished)
+                log.info(
+                    "published %d order events left unpublished by an earlier run",
+                    len(republished),
+                )
             yield
         finally:
             await bus.close()
@@ -121,12 +152,46 @@ def create_app(
                 detail=f"order {event.order_id} was stored but could not be published yet "
                 f"({type(error).__name__}); it will be published when the bus is reachable",
             ) from error
-        return OrderAccepted(
-            order_id=event.order_id,
-            message_id=receipt.message_id,
-            route=receipt.route.value,
-            payload_bytes=receipt.payload_bytes,
+        return _accepted(event.order_id, receipt)
+
+    @app.post("/orders/{order_id}/cancel", status_code=status.HTTP_202_ACCEPTED)
+    async def cancel_order(
+        order_id: str, request: Request, command: CancelOrder | None = None
+    ) -> OrderAccepted:
+        """Cancel an order: store the cancellation, publish ``OrderCancelled`` in the order's
+        session (its creation first, if that never went out), answer 202; 409 when it was
+        already cancelled, 404 for an unknown order."""
+        store: OrderStore = request.app.state.store
+        publisher: Publisher = request.app.state.publisher
+        found = await asyncio.to_thread(store.get, order_id)
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no order {order_id}")
+        if found.cancellation_published_at is not None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                detail=f"order {order_id} was already cancelled at {found.cancelled_at}",
+            )
+        event = order_cancelled(
+            order_id, found.customer_id, command or CancelOrder(), datetime.now(timezone.utc)
         )
+        event = await asyncio.to_thread(store.add_cancellation, event)
+        try:
+            receipts = await publisher.publish_pending(order_id)
+        except Exception as error:
+            log.exception("publishing the cancellation of order %s failed", order_id)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail=f"the cancellation of order {order_id} was stored but could not be "
+                f"published yet ({type(error).__name__}); it will be published when the bus "
+                "is reachable",
+            ) from error
+        cancellation = message_id_for(event)
+        receipt = next((r for r in receipts if r.message_id == cancellation), None)
+        if receipt is None:  # a concurrent request published it first
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, detail=f"order {order_id} was already cancelled"
+            )
+        return _accepted(order_id, receipt)
 
     @app.get("/orders/{order_id}")
     async def get_order(order_id: str, request: Request) -> OrderStatus:
@@ -138,9 +203,12 @@ def create_app(
         return OrderStatus(
             order_id=found.order_id,
             customer_id=found.customer_id,
+            status="created" if found.cancelled_at is None else "cancelled",
             published=found.published_at is not None,
             route=found.route,
             payload_bytes=found.payload_bytes,
+            cancelled_at=found.cancelled_at,
+            cancellation_published=found.cancellation_published_at is not None,
         )
 
     @app.get("/health")

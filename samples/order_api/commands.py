@@ -1,4 +1,4 @@
-"""The create-order command and the pure decision that turns it into ``OrderCreated``."""
+"""The order commands and the pure decisions that turn them into events."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from samples.events import (
     Address,
     Attachment,
     Discount,
+    OrderCancelled,
     OrderCreated,
     PaymentMethod,
     Product,
@@ -75,3 +76,29 @@ def order_created(command: CreateOrder, order_id: str, now: datetime) -> OrderCr
         discounts=command.discounts,
         attachments=command.attachments,
     )
+
+
+class CancelOrder(PascalCaseEvent):
+    """What a client may post to ``POST /orders/{order_id}/cancel`` (the body is optional)."""
+
+    model_config = ConfigDict(alias_generator=to_pascal, populate_by_name=True, extra="forbid")
+
+    reason: str = Field(default="", max_length=500)
+
+
+def order_cancelled(
+    order_id: str, customer_id: str, command: CancelOrder, now: datetime
+) -> OrderCancelled:
+    """The event recording that order ``order_id`` was cancelled at ``now``."""
+    return OrderCancelled(
+        order_id=order_id, customer_id=customer_id, cancelled_at=now, reason=command.reason
+    )
+
+
+def message_id_for(event: OrderCreated | OrderCancelled) -> str:
+    """The message id of an order's event: the order id for its creation, with a suffix for
+    its cancellation. Stable, so a republish after a crash is a duplicate Service Bus and the
+    billing inbox recognise."""
+    if isinstance(event, OrderCancelled):
+        return f"{event.order_id}/cancelled"
+    return event.order_id

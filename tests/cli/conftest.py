@@ -23,9 +23,14 @@ class Ran:
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], servicebus: Any) -> Any:
+def cli(
+    capsys: pytest.CaptureFixture[str], servicebus: Any, monkeypatch: pytest.MonkeyPatch
+) -> Any:
     """``cli("dlq", "list", ...)`` runs the command and returns its exit code and output,
     having checked that no account key, namespace key or SAS signature was printed."""
+    # Output goes to a capture, not a terminal: tables get the CLI's wide redirected layout
+    # unless COLUMNS is set, and pytest-xdist workers inherit COLUMNS=80, which folds cells.
+    monkeypatch.delenv("COLUMNS", raising=False)
     sb_key = str(servicebus.connection_string).split("SharedAccessKey=")[1].split(";")[0]
 
     def run(*args: str, secrets: tuple[str, ...] = ()) -> Ran:

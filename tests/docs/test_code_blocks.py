@@ -6,8 +6,12 @@ the ``CLAIMCHECK_*`` variables the examples read), in a temporary working direct
 an HTML comment on the line before a fence (docs/conventions.md):
 
 - ``<!-- fragment -->``: a piece of a larger program; it must still compile.
-- ``<!-- until: FILE TABLE -->``: a worker that runs until stopped. It runs in a thread until
-  SQLite ``FILE`` has a row in ``TABLE``, then ``worker.stop()`` ends it.
+- ``<!-- until: FILE TABLE [CONDITION] -->``: a worker that runs until stopped. It runs in a
+  thread until SQLite ``FILE`` has a row in ``TABLE`` (matching the SQL ``CONDITION`` if
+  given), then ``worker.stop()`` ends it.
+
+A page holding ``<!-- docs-test: session queue -->`` gets a default queue that requires
+sessions (its examples publish to and consume sessions from it).
 
 Functions named ``test_*`` that a block defines are called with the page's ``bus_settings``.
 """
@@ -18,7 +22,9 @@ import re
 import sqlite3
 import textwrap
 import threading
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
 MARKER = re.compile(r"^\s*<!--\s*(?P<kind>fragment|until:)\s*(?P<arg>.*?)\s*-->\s*$")
+SESSION_QUEUE = "<!-- docs-test: session queue -->"
 #: How long a worker example may take to project its event (start-up included).
 WORKER_DEADLINE = 60.0
 
@@ -112,9 +119,16 @@ def test_fragments_compile(block: Block) -> None:
 
 @pytest.mark.parametrize("page", RUNNABLE_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_examples_run(
-    page: Path, bus_settings: BusSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    page: Path,
+    bus_settings: BusSettings,
+    servicebus: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    if SESSION_QUEUE in page.read_text(encoding="utf-8"):
+        monkeypatch.setenv("CLAIMCHECK_SERVICE_BUS__DEFAULT_QUEUE_NAME", _session_queue(servicebus))
+        bus_settings = BusSettings()
     namespace: dict[str, Any] = {"__name__": "__docs__"}
     for block in python_blocks(page):
         if block.marker == "fragment":
@@ -130,10 +144,24 @@ def test_page_examples_run(
                 namespace[name](bus_settings)
 
 
+def _session_queue(servicebus: Any) -> str:
+    from claimcheck_bus.emulator.config import EntityOptions, QueueConfig
+
+    if not hasattr(servicebus, "call"):
+        pytest.skip("a page with a session queue needs the in-process emulator to create it")
+    queue = QueueConfig(
+        f"docs-sessions-{uuid.uuid4().hex[:12]}",
+        EntityOptions(lock_duration=timedelta(seconds=5), requires_session=True),
+    )
+    servicebus.call(lambda broker: broker.add_queue(queue))
+    return queue.name
+
+
 def _run_worker_until_projected(
     code: Any, namespace: dict[str, Any], block: Block, folder: Path
 ) -> None:
-    database, table = block.argument.split()
+    database, table, *condition = block.argument.split(maxsplit=2)
+    where = f" WHERE {condition[0]}" if condition else ""
     failures: list[BaseException] = []
 
     def run() -> None:
@@ -150,7 +178,7 @@ def _run_worker_until_projected(
             return False
         with sqlite3.connect(path) as db:
             try:
-                return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > 0  # noqa: S608
+                return db.execute(f"SELECT count(*) FROM {table}{where}").fetchone()[0] > 0  # noqa: S608
             except sqlite3.OperationalError:  # the projection has not created it yet
                 return False
 

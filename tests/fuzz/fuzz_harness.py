@@ -34,7 +34,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from azure.servicebus import ServiceBusClient, ServiceBusMessageBatch, ServiceBusSender
+from azure.servicebus import (
+    ServiceBusClient,
+    ServiceBusMessage,
+    ServiceBusMessageBatch,
+    ServiceBusSender,
+)
 from azure.servicebus.amqp import AmqpAnnotatedMessage
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
 from fuzz_grammar import (
@@ -118,6 +123,8 @@ class Lane:
     def __init__(self, queue: str, sender: ServiceBusSender) -> None:
         self.queue = queue
         self.sender = sender
+        self.receiving = False
+        """Whether the buses' receiver link on this queue is open (see :func:`open_receiver`)."""
 
 
 class Rig:
@@ -701,12 +708,14 @@ def run_example(
 ) -> None:
     """Send ``specs``, receive them, and assert every invariant."""
     lane = rig.lane(sync=sync, delete_after_complete=delete_after_complete)
+    bus = rig.bus(sync=sync, delete_after_complete=delete_after_complete)
+    if not lane.receiving:
+        open_receiver(rig, bus, lane, sync=sync)
     rig.plant_decoys()
     canary_before = len(rig.canary.requests)
     sent = send(rig, lane, specs, f"{lane.queue}-{rig.stats.examples}")
     baseline = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
-    bus = rig.bus(sync=sync, delete_after_complete=delete_after_complete)
     if sync:
         received = receive_sync(bus, lane.queue, len(sent.specs), as_type)
     else:
@@ -718,6 +727,27 @@ def run_example(
     if received.receive_error is not None or len(received.outcomes) < len(sent.specs):
         rig.discard(lane)
     check(rig, sent, received, as_type, canary_before)
+
+
+def open_receiver(rig: Rig, bus: Any, lane: Lane, *, sync: bool) -> None:
+    """Open the bus's receiver link on a new lane with a probe message, before any example.
+
+    The receives of an example wait 1 s, and the SDK counts opening the link in that budget:
+    on a loaded machine (parallel test workers) a first receive would time out opening the
+    link, a fault of the machine, not of a message. The probe returns as soon as it arrives.
+    """
+    lane.sender.send_messages(ServiceBusMessage(b"probe", message_id="probe"))
+    if sync:
+        [probe] = bus.receive(bytes, queue=lane.queue, max_wait=30)
+        probe.complete()
+    else:
+
+        async def receive_probe() -> None:
+            [probe] = await bus.receive(bytes, queue=lane.queue, max_wait=30)
+            await probe.complete()
+
+        rig.runner.run(receive_probe())
+    lane.receiving = True
 
 
 def record(stats: FuzzStats, sent: Sent, received: Received) -> None:

@@ -1,4 +1,5 @@
-"""The one-command demo, end to end, as a subprocess: its table, its 422, its clean stop."""
+"""The one-command demo, end to end, as a subprocess: its table, its 422, its cancelled orders'
+void invoices, its clean stop."""
 
 import re
 import signal
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from claimcheck_bus.testing.polling import wait_for
 
@@ -17,10 +19,18 @@ from .factories import order_body
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = [sys.executable, str(ROOT / "samples" / "demo.py")]
 ROW = re.compile(
-    r"^([0-9a-f-]{36})\s+(.+?)\s+([\d,]+)\s+(inline|claim-check)\s+(EUR [\d.]+)\s+(\d+)$"
+    r"^([0-9a-f-]{36})\s+(.+?)\s+([\d,]+)\s+(inline|claim-check)\s+(EUR [\d.]+)\s+"
+    r"(issued|void)\s+(EUR [\d.]+)\s+(\d+)$"
+)
+CANCEL = re.compile(
+    r"POST /orders/([0-9a-f]{8})/cancel -> 202, OrderCancelled in session ([0-9a-f]{8})"
 )
 URL = re.compile(r"(?:listens on|API on) (http://127\.0\.0\.1:\d+)")
 EMULATOR = re.compile(r"emulator ready: Endpoint=sb://(127\.0\.0\.1:\d+)")
+
+# Each demo starts Azurite, the emulator and two services: under pytest-xdist these tests run
+# one at a time on one worker (with the other process-heavy ones), not against each other.
+pytestmark = pytest.mark.xdist_group("process-trees")
 
 
 def _refuses(address: str) -> bool:
@@ -52,12 +62,24 @@ def test_demo_prints_the_table_and_stops_everything() -> None:
     routes = [r[3] for r in rows]
     assert routes.count("inline") == 3, output
     assert routes.count("claim-check") == 2, output
-    for _, _label, size, route, total, lag in rows:
+    for _, _label, size, route, total, status, due, lag in rows:
         payload = int(size.replace(",", ""))
         # claimcheck.toml's threshold is 64 KiB.
         assert (payload > 64 * 1024) == (route == "claim-check"), output
         assert float(total.split()[1]) > 0
+        assert due == ("EUR 0.00" if status == "void" else total), output
         assert int(lag) < 60_000
+    # A small order and the one with many lines were cancelled right after they were accepted:
+    # each cancellation went to its order's session, and billing voided the invoice.
+    cancelled = CANCEL.findall(output)
+    assert len(cancelled) == 2, output
+    assert all(order == session for order, session in cancelled)
+    void = {r[0][:8]: r[1] for r in rows if r[5] == "void"}
+    assert void == {cancelled[0][0]: "small", cancelled[1][0]: "many lines"}, output
+    assert (
+        len(re.findall(r"invoice INV-\S+ void \(order cancelled: changed my mind\)", output)) == 2
+    )
+    assert "2 cancelled orders: their invoices void" in output
     assert re.search(r"POST /orders \(invalid\) -> 422 .*Quantity: Input should be greater", output)
     assert "5 invoice documents published as InvoiceIssued and archived" in output
     assert "all services stopped" in output
@@ -155,4 +177,6 @@ def test_the_read_model_can_live_in_postgresql(postgres_dsn: str) -> None:
     assert len(rows) == 5, output
     with psycopg.connect(postgres_dsn) as connection:
         billed = {row[0] for row in connection.execute("SELECT order_id FROM invoices")}
+        voided = {row[0] for row in connection.execute("SELECT order_id FROM invoice_voids")}
     assert {row[0] for row in rows} <= billed
+    assert {row[0] for row in rows if row[5] == "void"} <= voided

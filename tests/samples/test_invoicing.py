@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from samples.billing_worker.invoicing import (
     invoice_for,
     invoice_id_for,
+    invoice_status,
     is_claim_checked,
     lag_ms,
 )
@@ -65,6 +66,11 @@ def test_total_is_lines_minus_discount_plus_shipping(lines, shipping) -> None:
     invoice = invoice_for(order_created(CreateOrder.model_validate(body), "o", NOW), NOW)
     assert invoice.total == sum((q * p for q, p in lines), Decimal(0)) + shipping
     assert invoice.total >= 0
+
+
+def test_a_cancelled_orders_invoice_is_void_with_nothing_due() -> None:
+    assert invoice_status("44.45", voided=False) == ("issued", "44.45")
+    assert invoice_status("44.45", voided=True) == ("void", "0.00")
 
 
 def test_lag_is_enqueue_to_commit_in_ms() -> None:

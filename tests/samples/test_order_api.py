@@ -1,10 +1,11 @@
-"""The order API against the real emulator and Azurite: validate, store, publish, answer 202."""
+"""The order API against the real emulator and Azurite: validate, store, publish, answer 202;
+an order's events in its own session of the demo's session-enabled queue."""
 
 import json
 
 import httpx
 import pytest
-from samples.events import OrderCreated
+from samples.events import OrderCancelled, OrderCreated
 from samples.order_api import create_app
 
 from claimcheck_bus import BusSettings, ClaimCheckBus
@@ -21,14 +22,28 @@ def settings(bus_settings: BusSettings, monkeypatch: pytest.MonkeyPatch) -> BusS
 
 
 @pytest.fixture
-def client(settings: BusSettings, fresh_queue: str, tmp_path):
-    app = create_app(tmp_path / "orders.db", settings=settings, queue=fresh_queue)
+def client(settings: BusSettings, orders_queue: str, tmp_path):
+    app = create_app(tmp_path / "orders.db", settings=settings, queue=orders_queue)
     with served(app) as client:
         yield client
 
 
+def session_of(settings: BusSettings, queue: str, order_id: str) -> list[tuple[str, bytes]]:
+    """The (event type, payload) of every message in the order's session, in order; completed."""
+    received = []
+    with ClaimCheckBus(settings) as bus:
+        with bus.accept_session(queue=queue, session_id=order_id, max_wait=5) as session:
+            while events := session.receive(bytes, max_messages=10, max_wait=1):
+                for event in events:
+                    assert event.session_id == order_id
+                    assert event.event_type is not None
+                    received.append((event.event_type, event.data))
+                    event.complete()
+    return received
+
+
 def test_orders_are_published_inline_or_claim_checked_by_size(
-    client: httpx.Client, settings: BusSettings, fresh_queue: str
+    client: httpx.Client, settings: BusSettings, orders_queue: str
 ) -> None:
     small = client.post("/orders", json=order_body("cust-small", 2))
     large = client.post("/orders", json=order_body("cust-large", 700))
@@ -39,25 +54,55 @@ def test_orders_are_published_inline_or_claim_checked_by_size(
     assert attached.json()["route"] == "claim-check"
     assert large.json()["payload_bytes"] > 64 * 1024 > small.json()["payload_bytes"]
 
-    with ClaimCheckBus(settings) as bus:
-        received = {}
-        while len(received) < 3:
-            events = bus.receive(bytes, queue=fresh_queue, max_messages=10, max_wait=5)
-            assert events, "the published orders did not all arrive"
-            for event in events:
-                received[event.message_id] = (event.event_type, event.data)
-                event.complete()
+    received = {}
     for answer in (small, large, attached):
         order_id = answer.json()["order_id"]
-        event_type, payload = received[order_id]  # the message id is the order id
+        assert answer.json()["message_id"] == order_id
+        assert answer.json()["session_id"] == order_id  # OrderCreated.__session_key__
+        [(event_type, payload)] = session_of(settings, orders_queue, order_id)
         assert json.loads(payload)["OrderId"] == order_id  # PascalCase, as .NET reads it
         assert event_type == "OrderCreated"
         assert OrderCreated.model_validate_json(payload).order_id == order_id
-    assert len(json.loads(received[large.json()["order_id"]][1])["Products"]) == 700
+        received[order_id] = payload
+    assert len(json.loads(received[large.json()["order_id"]])["Products"]) == 700
 
     status = client.get(f"/orders/{large.json()['order_id']}").json()
     assert status["published"] is True
     assert status["route"] == "claim-check"
+    assert status["status"] == "created"
+
+
+def test_a_cancellation_follows_its_order_in_the_orders_session(
+    client: httpx.Client, settings: BusSettings, orders_queue: str
+) -> None:
+    order_id = client.post("/orders", json=order_body("cust-cancel", 700)).json()["order_id"]
+    other = client.post("/orders", json=order_body("cust-other", 1)).json()["order_id"]
+    cancelled = client.post(f"/orders/{order_id}/cancel", json={"Reason": "ordered twice"})
+    assert cancelled.status_code == 202, cancelled.text
+    accepted = cancelled.json()
+    assert accepted["order_id"] == order_id
+    assert accepted["message_id"] == f"{order_id}/cancelled"
+    assert accepted["session_id"] == order_id  # OrderCancelled.__session_key__
+    assert accepted["route"] == "inline"
+    again = client.post(f"/orders/{order_id}/cancel")  # no body: no reason
+    assert again.status_code == 409
+    assert "already cancelled" in again.json()["detail"]
+    assert client.post("/orders/nope/cancel").status_code == 404
+    status = client.get(f"/orders/{order_id}").json()
+    assert status["status"] == "cancelled"
+    assert status["cancellation_published"] is True
+
+    # The claim-checked creation, then the inline cancellation, alone in the order's session.
+    [(first, created), (second, cancellation)] = session_of(settings, orders_queue, order_id)
+    assert (first, second) == ("OrderCreated", "OrderCancelled")
+    assert OrderCreated.model_validate_json(created).order_id == order_id
+    event = OrderCancelled.model_validate_json(cancellation)
+    assert (event.order_id, event.customer_id, event.reason) == (
+        order_id,
+        "cust-cancel",
+        "ordered twice",
+    )
+    assert [t for t, _ in session_of(settings, orders_queue, other)] == ["OrderCreated"]
 
 
 def test_invalid_order_gets_422_naming_the_problems(client: httpx.Client) -> None:
@@ -76,26 +121,30 @@ def test_unknown_order_is_404(client: httpx.Client) -> None:
 
 
 def test_orders_stored_but_never_published_are_published_at_start(
-    settings: BusSettings, fresh_queue: str, tmp_path
+    settings: BusSettings, orders_queue: str, tmp_path
 ) -> None:
     from datetime import datetime, timezone
 
-    from samples.order_api.commands import CreateOrder, order_created
+    from samples.order_api.commands import (
+        CancelOrder,
+        CreateOrder,
+        order_cancelled,
+        order_created,
+    )
     from samples.order_api.store import OrderStore
 
-    # A crash between storing and publishing left this order unpublished.
+    # A crash between storing and publishing left this order and its cancellation unpublished.
+    now = datetime.now(timezone.utc)
     store = OrderStore(tmp_path / "orders.db")
-    event = order_created(
-        CreateOrder.model_validate(order_body("cust-crash")), "o-crash", datetime.now(timezone.utc)
-    )
-    store.add(event)
+    store.add(order_created(CreateOrder.model_validate(order_body("cust-crash")), "o-crash", now))
+    store.add_cancellation(order_cancelled("o-crash", "cust-crash", CancelOrder(), now))
     store.close()
 
-    app = create_app(tmp_path / "orders.db", settings=settings, queue=fresh_queue)
+    app = create_app(tmp_path / "orders.db", settings=settings, queue=orders_queue)
     with served(app) as client:
-        assert client.get("/orders/o-crash").json()["published"] is True
-    with ClaimCheckBus(settings) as bus:
-        received = bus.receive(OrderCreated, queue=fresh_queue, max_wait=5)
-        assert [e.message_id for e in received] == ["o-crash"]
-        assert received[0].data.customer_id == "cust-crash"
-        received[0].complete()
+        status = client.get("/orders/o-crash").json()
+        assert status["published"] is True
+        assert status["cancellation_published"] is True
+    received = session_of(settings, orders_queue, "o-crash")
+    assert [event_type for event_type, _ in received] == ["OrderCreated", "OrderCancelled"]
+    assert OrderCreated.model_validate_json(received[0][1]).customer_id == "cust-crash"

@@ -53,6 +53,7 @@ async def publish_all(settings: BusSettings, queue: str) -> list[PublishReceipt]
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("process-trees")  # four worker processes: see test_demo.py
 def test_four_workers_two_thousand_events_into_postgres(
     bus_settings: BusSettings,
     postgres_schema: str,

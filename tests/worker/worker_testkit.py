@@ -1,18 +1,22 @@
 """The worker tests' shared kit: events, a ledger projection, helpers, and a worker process.
 
 Run as a script (``python worker_testkit.py``) it is the worker the SIGKILL tests start: a
-Worker built from environment variables, with an optional injected crash.
+Worker built from environment variables, with an optional injected crash; with
+``WORKER_PROJECTION=sequenced`` it feeds :class:`SequencedProjection` from a session queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -86,6 +90,116 @@ class BatchLedgerProjection(LedgerProjection):
             raise ValueError("a negative amount")
 
 
+class Sequenced(BaseModel):
+    """Event ``Seq`` (from 1) of stream ``Stream``; the stream is its session."""
+
+    __session_key__: ClassVar[str] = "Stream"
+
+    Stream: str
+    Seq: int
+    Blob: str = ""
+
+
+class Rejections:
+    """Out-of-order or repeated events a :class:`SequencedProjection` refused, written at once
+    in an SQLite file of their own: outside the read model's transaction, which rolls back
+    (and would take the record with it), and outside its database, whose writer lock that
+    transaction holds."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        with contextlib.closing(self._connect()) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS rejections (pid INTEGER, stream TEXT, last INTEGER,"
+                " seq INTEGER, delivery_count INTEGER)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30, isolation_level=None)
+
+    def record(self, stream: str, last: int, seq: int, delivery_count: int) -> None:
+        """Note one refusal (autocommit: it stays whatever the handler's transaction does)."""
+        with contextlib.closing(self._connect()) as db:
+            db.execute(
+                "INSERT INTO rejections VALUES (?, ?, ?, ?, ?)",
+                (os.getpid(), stream, last, seq, delivery_count),
+            )
+
+    def all(self) -> list[tuple[Any, ...]]:
+        """Every refusal: (pid, stream, last applied, refused seq, delivery count)."""
+        with contextlib.closing(self._connect()) as db:
+            return db.execute("SELECT * FROM rejections").fetchall()
+
+
+class SequencedProjection(Projection):
+    """Applies a stream's events only in sequence: the stream's last applied ``Seq`` lives in
+    the read model, updated in the event's transaction, and an event that is not that plus
+    one is refused (recorded in ``rejections``, then raised, so it is retried). ``applied``
+    gets a row per applied event, so an event applied twice shows up as a second row."""
+
+    name = "sequenced"
+
+    def __init__(self, rejections: Rejections) -> None:
+        self.rejections = rejections
+
+    def setup(self, db: Any) -> None:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS stream_heads (stream TEXT PRIMARY KEY,"
+            " last_seq INTEGER NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS applied (stream TEXT NOT NULL, seq INTEGER NOT NULL,"
+            " pid INTEGER NOT NULL, delivery_count INTEGER NOT NULL, session_id TEXT)"
+        )
+
+    def reset(self, db: Any) -> None:
+        db.execute("DELETE FROM stream_heads")
+        db.execute("DELETE FROM applied")
+
+    @handles(Sequenced)
+    def on_event(self, event: Sequenced, db: Any, context: EventContext) -> None:
+        p = placeholder(db)
+        found = db.execute(
+            f"SELECT last_seq FROM stream_heads WHERE stream = {p}",  # noqa: S608
+            (event.Stream,),
+        ).fetchone()
+        last = found[0] if found else 0
+        if event.Seq != last + 1:
+            self.rejections.record(event.Stream, last, event.Seq, context.delivery_count)
+            raise AssertionError(f"{event.Stream}: event {event.Seq} after {last}")
+        db.execute(
+            f"INSERT INTO stream_heads (stream, last_seq) VALUES ({p}, {p})"  # noqa: S608
+            " ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
+            (event.Stream, event.Seq),
+        )
+        db.execute(
+            f"INSERT INTO applied VALUES ({p}, {p}, {p}, {p}, {p})",  # noqa: S608
+            (event.Stream, event.Seq, os.getpid(), context.delivery_count, context.session_id),
+        )
+
+
+class KillAfter(Middleware):
+    """SIGKILL this process right after its ``commits``-th committed event: its messages are
+    in the read model, and neither they nor its sessions are settled or given back."""
+
+    def __init__(self, commits: int) -> None:
+        self.left = commits
+
+    def after_commit(self, context: EventContext, projection: str, lag: float | None) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def applied_count(store: ProjectionStore) -> int:
+    """How many events a :class:`SequencedProjection` applied (0 before it made its table)."""
+    try:
+        return int(store.query("SELECT COUNT(*) FROM applied")[0][0])
+    except Exception:
+        return 0
+
+
 def placeholder(db: Any) -> str:
     """``?`` for sqlite3 connections, ``%s`` for psycopg ones."""
     return "?" if type(db).__module__ == "sqlite3" else "%s"
@@ -152,7 +266,10 @@ class CrashAt(Middleware):
 def main() -> None:
     """A worker from the environment: CLAIMCHECK_ settings, WORKER_QUEUE, WORKER_STORE (an
     SQLite path, or a DSN with WORKER_STORE_KIND=postgres) and WORKER_CRASH (before_commit /
-    after_commit)."""
+    after_commit); WORKER_PROJECTION=sequenced for :func:`main_sequenced`."""
+    if os.environ.get("WORKER_PROJECTION") == "sequenced":
+        main_sequenced()
+        return
     store = open_store(os.environ.get("WORKER_STORE_KIND", "sqlite"), os.environ["WORKER_STORE"])
     worker = Worker(
         BusSettings(), max_wait=0.3, max_concurrency=int(os.environ.get("WORKER_CONCURRENCY", "4"))
@@ -162,6 +279,21 @@ def main() -> None:
     if crash:
         worker.use(CrashAt(crash))
     # The scale test reads "worker consuming" on stderr: SIGTERM is handled from then on.
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("claimcheck_bus.worker").setLevel(logging.INFO)
+    worker.run()
+
+
+def main_sequenced() -> None:
+    """:class:`SequencedProjection` on the session queue WORKER_QUEUE, refusals recorded in
+    WORKER_REJECTIONS; WORKER_KILL_AFTER=n: SIGKILL after the n-th committed event."""
+    store = open_store(os.environ.get("WORKER_STORE_KIND", "sqlite"), os.environ["WORKER_STORE"])
+    worker = Worker(BusSettings(), max_wait=0.5, backoff_base=0.05, backoff_max=0.5)
+    projection = SequencedProjection(Rejections(os.environ["WORKER_REJECTIONS"]))
+    worker.add_projection(projection, store=store, queue=os.environ["WORKER_QUEUE"], sessions=True)
+    kill_after = os.environ.get("WORKER_KILL_AFTER")
+    if kill_after:
+        worker.use(KillAfter(int(kill_after)))
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("claimcheck_bus.worker").setLevel(logging.INFO)
     worker.run()

@@ -444,6 +444,7 @@ class AsyncClaimCheckBus:
         subscription: str | None = None,
         session_id: str | None = None,
         max_wait: float | None = 5.0,
+        prefetch_count: int = 10,
     ) -> AsyncSessionReceiver:
         """A receiver of one session of a session-enabled queue or subscription.
 
@@ -453,6 +454,11 @@ class AsyncClaimCheckBus:
         that has messages, waiting up to ``max_wait`` seconds for one (``None``: as long as
         the service waits) before raising :class:`NoSessionAvailableError`. A named session
         held by another receiver raises :class:`SessionLockedError` at once.
+
+        The receiver holds up to ``prefetch_count`` (at least 1) of the session's messages
+        ahead of :meth:`AsyncSessionReceiver.receive`. Without that buffer the SDK hands back
+        a message that arrives while no receive is waiting, and a later message of the
+        session, already on its way, can overtake it: order would be lost.
         """
         entity = resolve_entity(
             self.settings, queue=queue, topic=topic, subscription=subscription, receiving=True
@@ -462,10 +468,12 @@ class AsyncClaimCheckBus:
                 f"session_id is {len(session_id)} characters; Service Bus takes 1 to "
                 f"{MAX_SESSION_ID}"
             )
-        return AsyncSessionReceiver(self, entity, session_id, max_wait)
+        if prefetch_count < 1:
+            raise ValueError("prefetch_count must be at least 1: a session keeps its order so")
+        return AsyncSessionReceiver(self, entity, session_id, max_wait, prefetch_count)
 
     def _session_receiver(
-        self, entity: Entity, session_id: str | None, max_wait: float | None
+        self, entity: Entity, session_id: str | None, max_wait: float | None, prefetch: int
     ) -> ServiceBusReceiver:
         wanted = session_id if session_id is not None else NEXT_AVAILABLE_SESSION
         if entity.subscription:
@@ -474,12 +482,14 @@ class AsyncClaimCheckBus:
                 entity.subscription,
                 session_id=wanted,
                 max_wait_time=max_wait,
+                prefetch_count=prefetch,
                 socket_timeout=self._socket_timeout,
             )
         return self._session_client.get_queue_receiver(
             entity.name,
             session_id=wanted,
             max_wait_time=max_wait,
+            prefetch_count=prefetch,
             socket_timeout=self._socket_timeout,
         )
 
@@ -577,11 +587,13 @@ class AsyncSessionReceiver:
         entity: Entity,
         session_id: str | None,
         max_wait: float | None,
+        prefetch: int = 10,
     ) -> None:
         self._bus = bus
         self._entity = entity
         self._requested = session_id
         self._max_wait = max_wait
+        self._prefetch = prefetch
         self._receiver: ServiceBusReceiver | None = None
         self._closed = False
 
@@ -600,7 +612,9 @@ class AsyncSessionReceiver:
     async def _open(self) -> None:
         if self._receiver is not None or self._closed:
             raise RuntimeError("a session receiver is entered once: accept_session again")
-        receiver = self._bus._session_receiver(self._entity, self._requested, self._max_wait)
+        receiver = self._bus._session_receiver(
+            self._entity, self._requested, self._max_wait, self._prefetch
+        )
         try:
             # Opening the link is what locks the session, so its id is known from here on.
             await receiver.__aenter__()

@@ -85,6 +85,7 @@ class SessionLane:
                     topic=entity.topic,
                     subscription=entity.subscription,
                     max_wait=self._worker.max_wait,
+                    prefetch_count=self._worker.max_batch_size,
                 ) as session:
                     failures = 0
                     await self._serve(session)
