@@ -13,6 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` from a sender (a URL, a session id, an event type) made safe for logs and error
+    messages: control characters become ``?`` (no forged log lines or terminal escapes), and
+    it is cut to ``limit`` characters."""
+    return "".join(char if char.isprintable() else "?" for char in text)[:limit]
+
+
 class ClaimCheckBusError(Exception):
     """Base class of every error this library raises."""
 

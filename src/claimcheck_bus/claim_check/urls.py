@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from claimcheck_bus.errors import UntrustedPayloadUrlError
+from claimcheck_bus.errors import UntrustedPayloadUrlError, printable
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -144,7 +144,7 @@ def check_payload_url(
             problem,
             message_id=message_id,
             entity=entity,
-            blob_path=_printable(redact_url(url)) if url else None,
+            blob_path=printable(redact_url(url)) if url else None,
             hint=hint,
         )
 
@@ -199,11 +199,6 @@ def check_payload_url(
 
 def _segments(path: str) -> tuple[str, ...]:
     return tuple(segment for segment in path.split("/") if segment)
-
-
-def _printable(text: str) -> str:
-    # Error text goes to logs and dead-letter descriptions: no control characters from a sender.
-    return "".join(char if char.isprintable() else "?" for char in text)[:300]
 
 
 def own_endpoint(account_url: str, container_name: str) -> TrustedEndpoint:

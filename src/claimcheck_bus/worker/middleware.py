@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
+from claimcheck_bus.errors import printable
 from claimcheck_bus.worker.context import EventContext
 from claimcheck_bus.worker.dispatch import bounded, describe, percentile
 
@@ -92,8 +93,8 @@ class LoggingMiddleware(Middleware):
         self.log.debug(
             "projection %s applied %s %s (lag %s s)",
             projection,
-            context.event_type,
-            context.message_id,
+            printable(str(context.event_type)),
+            printable(context.message_id),
             f"{lag:.3f}" if lag is not None else "?",
         )
 
@@ -108,12 +109,15 @@ class LoggingMiddleware(Middleware):
         if not self.log.isEnabledFor(logging.INFO):
             return
         failure = (
-            f": {bounded(' '.join(describe(error).split()), 300)}" if error is not None else ""
+            f": {printable(bounded(' '.join(describe(error).split()), 300))}"
+            if error is not None
+            else ""
         )
+        # The event type and message id are the sender's: no control characters in our log.
         self.log.info(
             "%s %s on %s (delivery %d): %s in %.3f s%s",
-            context.event_type,
-            context.message_id,
+            printable(str(context.event_type)),
+            printable(context.message_id),
             context.entity,
             context.delivery_count,
             outcome.value,

@@ -4,7 +4,8 @@ A session entity gets ``max_concurrent_sessions`` slots. A slot accepts the next
 session, then receives, handles and settles its messages one batch after the other, and lets
 the session go once it has been idle for ``session_idle_timeout`` (so other sessions get a
 turn) or the worker stops. The session's lock covers its messages and is renewed for as long
-as the slot holds it.
+as the slot holds it. A session that is never idle is let go after ``session_turn`` seconds
+(once nothing is held), so sessions waiting for a slot get one.
 
 When a message fails, the messages behind it in the session are not handled: they stay
 locked and held by the slot. A permanent failure is dead-lettered at once and the held
@@ -23,7 +24,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from claimcheck_bus import AsyncClaimCheckBus
-from claimcheck_bus.errors import NoSessionAvailableError
+from claimcheck_bus.errors import NoSessionAvailableError, printable
 from claimcheck_bus.worker.dispatch import (
     BUSY_RECEIVE_WAIT,
     Decision,
@@ -105,13 +106,20 @@ class SessionLane:
         worker._hook("session_started", entity.path, session_id)
         renewing = asyncio.create_task(self._renew(session))
         held: list[Handling] = []
-        idle_since = time.monotonic()
+        idle_since = turn_ends = time.monotonic()
+        turn_ends += worker.session_turn
         try:
             while not self._stop.is_set() and not renewing.done():
+                # Never wait for messages past the idle timeout: with many short sessions,
+                # a slot would otherwise hold each one max_wait after its last message.
+                idle_wait = min(
+                    worker.max_wait,
+                    max(0.05, worker.session_idle_timeout - (time.monotonic() - idle_since)),
+                )
                 events = await session.receive(
                     bytes,
                     max_messages=session_receive_size(worker.max_batch_size, len(held)),
-                    max_wait=BUSY_RECEIVE_WAIT if held else worker.max_wait,
+                    max_wait=BUSY_RECEIVE_WAIT if held else idle_wait,
                     prefetch=False,
                 )
                 if not events and not held:
@@ -127,6 +135,10 @@ class SessionLane:
                     received.append(handling)
                 batch = sorted([*held, *received], key=lambda h: h.event.sequence_number or 0)
                 held = await self._handle(session_id, batch)
+                if not held and time.monotonic() >= turn_ends:
+                    # Its turn is over: a session that is never idle would otherwise keep
+                    # the sessions waiting behind it out of this slot for good.
+                    return
         finally:
             renewing.cancel()
             if held and not renewing.done():
@@ -139,23 +151,26 @@ class SessionLane:
         the messages held behind a transient failure, to be handled again after it."""
         worker = self._worker
         while batch:
-            for handling in batch:
-                # One payload after the other, none behind one that failed, and held messages
-                # give theirs back: fetched side by side, later payloads could hold the
-                # payload budget an earlier one waits for, round after round.
+            # At most one payload per round, settled (its budget given back) before the next
+            # is fetched: a batch's payloads all held at once could need more than the
+            # payload budget, and the last would wait for budget its own batch holds.
+            cut = payload_rounds([handling.event.is_claim_check for handling in batch])
+            part, rest = batch[:cut], batch[cut:]
+            for handling in part:
                 try:
                     await handling.event.load()
                 except Exception:  # raised again by .data, where dispatching stops
                     break
-            await worker._dispatch(self._entity, batch, _nothing, chain=session_id)
-            failed = first_failure([handling.error for handling in batch])
-            done = batch if failed is None else batch[:failed]
+            await worker._dispatch(self._entity, part, _nothing, chain=session_id)
+            failed = first_failure([handling.error for handling in part])
+            done = part if failed is None else part[:failed]
             for handling in done:
                 handling.decision = Decision(Settle.COMPLETE)
             await self._settle(done)
             if failed is None:
-                return []
-            failing, batch = batch[failed], batch[failed + 1 :]
+                batch = rest
+                continue
+            failing, batch = part[failed], part[failed + 1 :] + rest
             for handling in batch:
                 handling.retry()
                 handling.event.release_payload()
@@ -200,11 +215,22 @@ class SessionLane:
             except Exception as error:
                 log.warning(
                     "lost the lock of session %s on %s: %s",
-                    session.session_id,
+                    printable(session.session_id),  # the sender's: no control characters
                     self._entity.path,
                     error,
                 )
                 return
+
+
+def payload_rounds(claim_checked: list[bool]) -> int:
+    """How many of a session's next messages (``claim_checked``: whether each, in order, has
+    a payload to fetch) to handle in one round: the first and the inline ones after it, up
+    to the next claim-checked one. A round fetches one payload at most, and inline messages
+    ahead of a payload are applied without waiting for it."""
+    for index, fetches in enumerate(claim_checked[1:], start=1):
+        if fetches:
+            return index
+    return len(claim_checked)
 
 
 def _nothing(_: Handling) -> None:

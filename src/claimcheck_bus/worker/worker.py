@@ -81,7 +81,9 @@ class Worker:
     comes after later messages. A session entity (``sessions=True`` when adding handlers) is
     consumed in order within each session: up to ``max_concurrent_sessions`` sessions at
     once, each one batch of at most ``max_batch_size`` messages after the other, a session
-    let go after ``session_idle_timeout`` seconds without messages (see ``session_lane``).
+    let go after ``session_idle_timeout`` seconds without messages, or after holding it for
+    ``session_turn`` seconds so that a session that never goes idle cannot keep waiting
+    sessions out of the slots (see ``session_lane``).
     ``max_concurrency`` bounds the messages in flight on entities without sessions.
 
     At INFO it logs one line for each message it dead-letters, abandons or fails to settle
@@ -108,11 +110,14 @@ class Worker:
         quiet_sdk_logs: bool = True,
         max_concurrent_sessions: int = 8,
         session_idle_timeout: float = 1.0,
+        session_turn: float = 60.0,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         if max_concurrent_sessions < 1:
             raise ValueError("max_concurrent_sessions must be at least 1")
+        if session_turn <= 0:
+            raise ValueError("session_turn must be above 0")
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         retention_cutoff(datetime.now(timezone.utc), inbox_retention)  # validates it
@@ -130,6 +135,7 @@ class Worker:
         self.quiet_sdk_logs = quiet_sdk_logs
         self.max_concurrent_sessions = max_concurrent_sessions
         self.session_idle_timeout = session_idle_timeout
+        self.session_turn = session_turn
         self._credential = credential
         self._entities: dict[tuple[str | None, str | None, str | None], EntityState] = {}
         self._runners: list[ProjectionRunner] = []
@@ -743,7 +749,7 @@ class Worker:
         try:
             for target, value in handling.plain:
                 args = (value, handling.context) if target.takes_context else (value,)
-                if inspect.iscoroutinefunction(target.function):
+                if _is_async(target.function):
                     await target.function(*args)
                 else:
                     await self._in_thread(target.function, *args)
@@ -768,6 +774,14 @@ class Worker:
                 hook(*args)
             except Exception:  # observability must never fail a message
                 log.warning("middleware hook %r failed", hook, exc_info=True)
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    # An object whose __call__ is async is a coroutine function too: called in a thread, its
+    # coroutine would never run and the message would be completed unhandled.
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004
+    )
 
 
 def _decode(
