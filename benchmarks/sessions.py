@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from projection_throughput import Settled, pin
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
@@ -45,8 +46,6 @@ from claimcheck_bus.settings import BusSettings
 from claimcheck_bus.testing.postgres_schema import schema_of_its_own
 from claimcheck_bus.worker import (
     EventContext,
-    Middleware,
-    Outcome,
     PostgresProjectionStore,
     Projection,
     ProjectionStore,
@@ -111,29 +110,6 @@ class Totals(Projection):
     @handles(OrderLine)
     def on_line(self, event: OrderLine, db: Any, context: EventContext) -> None:
         db.execute(self.upsert, (event.OrderId, event.Amount, event.Seq))
-
-
-class Settled(Middleware):
-    """Counts settled messages and wakes the benchmark at a target, with no database polling
-    (a poll would compete with the worker for the store and the GIL)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.target = 0
-        self.reached = asyncio.Event()
-
-    def after_handle(
-        self, context: EventContext, outcome: Outcome, error: BaseException | None, duration: float
-    ) -> None:
-        self.count += 1
-        if self.count >= self.target:
-            self.reached.set()
-
-    async def until(self, target: int) -> None:
-        self.target = target
-        self.reached.clear()
-        if self.count < target:
-            await self.reached.wait()
 
 
 def lines(events: int, orders: int) -> list[OrderLine]:
@@ -253,16 +229,6 @@ def worker_name(queue: str, slots: int) -> str:
 
 def name(label: str, queue: str, slots: int) -> str:
     return f"{label} {queue}" + (f" x{slots}" if queue == SESSIONS else "")
-
-
-def pin(emulator: int) -> str:
-    """The emulator on the last CPU, this process (and its threads) on the others."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return "one CPU: nothing pinned"
-    os.sched_setaffinity(emulator, {cpus[-1]})
-    os.sched_setaffinity(0, set(cpus[:-1]))
-    return f"emulator pinned to CPU {cpus[-1]}, this process to CPU(s) {cpus[:-1]}"
 
 
 def main() -> int:
