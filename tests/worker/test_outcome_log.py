@@ -10,9 +10,15 @@ from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusMessage
-from azure.servicebus.aio import ServiceBusClient
 from pydantic import ValidationError
-from worker_testkit import LedgerProjection, OrderCreated, fast_worker, ledger, running
+from worker_testkit import (
+    LedgerProjection,
+    OrderCreated,
+    fast_worker,
+    ledger,
+    running,
+    send_raw,
+)
 
 from claimcheck_bus import AsyncClaimCheckBus
 from claimcheck_bus.errors import EventDecodeError
@@ -128,14 +134,6 @@ def test_quieting_is_undone_by_the_last_worker_and_never_overrides_a_users_level
 
 
 # -- a real worker, the emulator and caplog ---------------------------------------------------
-
-
-async def send_raw(settings: BusSettings, queue: str, message: ServiceBusMessage) -> None:
-    conn = settings.service_bus.connection_string
-    assert conn is not None
-    async with ServiceBusClient.from_connection_string(conn.get_secret_value()) as client:
-        async with client.get_queue_sender(queue) as sender:
-            await sender.send_messages(message)
 
 
 def about(caplog: pytest.LogCaptureFixture, message_id: str) -> list[logging.LogRecord]:

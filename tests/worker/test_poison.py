@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from azure.servicebus import ServiceBusMessage
-from azure.servicebus.aio import ServiceBusClient
 from azure.storage.blob import BlobServiceClient
 from worker_testkit import (
     LedgerProjection,
@@ -15,6 +14,7 @@ from worker_testkit import (
     fast_worker,
     ledger,
     running,
+    send_raw,
 )
 
 from claimcheck_bus import AsyncClaimCheckBus
@@ -22,14 +22,6 @@ from claimcheck_bus.settings import BusSettings
 from claimcheck_bus.testing.azurite import Azurite
 from claimcheck_bus.testing.polling import wait_for_async
 from claimcheck_bus.worker import MetricsMiddleware, SQLiteProjectionStore
-
-
-async def send_raw(settings: BusSettings, queue: str, messages: list[ServiceBusMessage]) -> None:
-    conn = settings.service_bus.connection_string
-    assert conn is not None
-    async with ServiceBusClient.from_connection_string(conn.get_secret_value()) as client:
-        async with client.get_queue_sender(queue) as sender:
-            await sender.send_messages(messages)
 
 
 def raw(message_id: str, body: bytes = b"", **properties: Any) -> ServiceBusMessage:

@@ -18,7 +18,7 @@ import pytest
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
 from pydantic import BaseModel
-from worker_testkit import fast_worker, running
+from worker_testkit import fast_worker, running, send_raw
 
 from claimcheck_bus import AsyncClaimCheckBus
 from claimcheck_bus.settings import BusSettings
@@ -58,14 +58,6 @@ def step(aggregate: str, seq: int, session_id: str | None = None, **properties: 
         subject=properties.pop("subject", "Step"),
         application_properties=properties or None,
     )
-
-
-async def send(settings: BusSettings, queue: str, messages: list[ServiceBusMessage]) -> None:
-    conn = settings.service_bus.connection_string
-    assert conn is not None
-    async with ServiceBusClient.from_connection_string(conn.get_secret_value()) as client:
-        async with client.get_queue_sender(queue) as sender:
-            await sender.send_messages(messages)
 
 
 async def dead_letters(settings: BusSettings, queue: str, expected: int) -> dict[str, str]:
@@ -122,7 +114,7 @@ async def test_a_slow_payload_holds_up_its_own_session_only(
         payload = json.dumps({"Aggregate": "slow", "Seq": 2}).encode()
         url = server.serve(f"/store/{queue}/Step/slow.json", Reply(payload, delay=4))
         fast = [f"fast-{n}" for n in range(3)]
-        await send(
+        await send_raw(
             settings,
             queue,
             [
@@ -157,7 +149,7 @@ async def test_a_payload_that_never_comes_is_retried_then_dead_lettered(
     with storage_server() as server:
         settings = storage_settings(bus_settings, server.url("/store"), download_timeout_seconds=1)
         url = server.serve(f"/store/{queue}/Step/never.json", Reply(b"{}", delay=60))
-        await send(
+        await send_raw(
             settings,
             queue,
             [step("a", 1), claim_checked("a", 2, url), step("a", 3), step("b", 1)],
@@ -197,7 +189,7 @@ async def test_large_payloads_of_one_session_fit_a_small_budget(
             payload = json.dumps({"Aggregate": "big", "Seq": seq, "Blob": "b" * 1_500_000})
             url = server.serve(f"/store/{queue}/Step/{seq}.json", Reply(payload.encode()))
             messages.append(claim_checked("big", seq, url))
-        await send(settings, queue, messages)
+        await send_raw(settings, queue, messages)
         worker, applied = handler_worker(settings, queue, max_batch_size=10)
         metrics = MetricsMiddleware(use_otel=False)
         worker.use(metrics)
@@ -228,7 +220,7 @@ async def test_hostile_session_ids_are_served_and_never_logged_raw(
     bus_settings: BusSettings, make_queue: Callable[..., str], caplog: pytest.LogCaptureFixture
 ) -> None:
     queue = make_queue(sessions=True)
-    await send(
+    await send_raw(
         bus_settings,
         queue,
         [
@@ -298,7 +290,7 @@ async def test_a_flood_of_sessions_is_served_without_starving_any(
     200 sessions took 112 s; 24 keep this test short.)"""
     queue = make_queue(sessions=True)
     names = [f"flood-{n:03d}" for n in range(24)]
-    await send(bus_settings, queue, [step(name, 1) for name in names])
+    await send_raw(bus_settings, queue, [step(name, 1) for name in names])
     worker, applied = handler_worker(
         bus_settings, queue, max_concurrent_sessions=2, session_idle_timeout=0.05
     )
@@ -343,7 +335,7 @@ async def test_busy_sessions_do_not_starve_the_others(
                 timeout=10,
                 what="both slots busy",
             )
-            await send(bus_settings, queue, [step(f"quiet-{n}", 1) for n in range(3)])
+            await send_raw(bus_settings, queue, [step(f"quiet-{n}", 1) for n in range(3)])
             await wait_for_async(
                 until(lambda: all(applied.steps[f"quiet-{n}"] == [1] for n in range(3))),
                 timeout=20,
@@ -365,7 +357,7 @@ async def test_undecodable_unknown_and_unversioned_messages_are_dead_lettered_in
     bus_settings: BusSettings, make_queue: Callable[..., str]
 ) -> None:
     queue = make_queue(sessions=True)
-    await send(
+    await send_raw(
         bus_settings,
         queue,
         [
@@ -404,7 +396,7 @@ async def test_a_handler_slower_than_the_lock_keeps_its_session(
     """Lock 1.5 s, a step handled in 4 s: the session's lock is renewed meanwhile, so the
     batch settles once and every step is seen once."""
     queue = make_queue(lock=1.5, sessions=True)
-    await send(bus_settings, queue, [step("slow", seq) for seq in (1, 2, 3)])
+    await send_raw(bus_settings, queue, [step("slow", seq) for seq in (1, 2, 3)])
     seen: list[tuple[int, int]] = []
 
     async def slow(event: Step, context: EventContext) -> None:

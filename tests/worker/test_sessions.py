@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusMessage
-from azure.servicebus.aio import ServiceBusClient
 from pydantic import BaseModel
-from worker_testkit import LedgerProjection, fast_worker, placeholder, running
+from worker_testkit import LedgerProjection, fast_worker, placeholder, running, send_raw
 
 from claimcheck_bus import AsyncClaimCheckBus
 from claimcheck_bus.settings import BusSettings
@@ -193,20 +192,16 @@ async def test_a_poison_message_is_dead_lettered_and_its_session_goes_on(
     bus_settings: BusSettings, make_queue: Callable[..., str], tmp_path: Path
 ) -> None:
     queue = make_queue(sessions=True)
-    conn = bus_settings.service_bus.connection_string
-    assert conn is not None
     good = [Step(Aggregate="a", Seq=n).model_dump_json().encode() for n in (1, 2)]
     bodies = [good[0], b"{not json", good[1]]
-    async with ServiceBusClient.from_connection_string(conn.get_secret_value()) as client:
-        async with client.get_queue_sender(queue) as sender:
-            await sender.send_messages(
-                [
-                    ServiceBusMessage(
-                        body, session_id="a", subject="Step", content_type="application/json"
-                    )
-                    for body in bodies
-                ]
-            )
+    await send_raw(
+        bus_settings,
+        queue,
+        [
+            ServiceBusMessage(body, session_id="a", subject="Step", content_type="application/json")
+            for body in bodies
+        ],
+    )
     projection = OrderedProjection()
     worker, store = session_worker(bus_settings, queue, projection, tmp_path)
     metrics = MetricsMiddleware(use_otel=False)

@@ -18,6 +18,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+from azure.servicebus import ServiceBusMessage
+from azure.servicebus.aio import ServiceBusClient
 from pydantic import BaseModel
 
 from claimcheck_bus.settings import BusSettings
@@ -216,6 +218,17 @@ def ledger_count(store: ProjectionStore) -> int:
         return int(store.query("SELECT COUNT(*) FROM ledger")[0][0])
     except Exception:
         return 0
+
+
+async def send_raw(
+    settings: BusSettings, queue: str, messages: ServiceBusMessage | list[ServiceBusMessage]
+) -> None:
+    """Send with the SDK itself, as a sender that does not use this library would."""
+    conn = settings.service_bus.connection_string
+    assert conn is not None
+    async with ServiceBusClient.from_connection_string(conn.get_secret_value()) as client:
+        async with client.get_queue_sender(queue) as sender:
+            await sender.send_messages(messages)
 
 
 @asynccontextmanager

@@ -57,9 +57,11 @@ class Handling:
 
     def retry(self) -> None:
         """Forget this round's handling: an earlier message of its session failed, so it is
-        held and handled again after that one."""
+        held and handled again after that one. It gives its payload (and its share of the
+        payload budget) back meanwhile: the message it waits for may need that budget."""
         self.error, self.applied, self.decision, self.parts = None, False, None, 0
         self.plain.clear()
+        self.event.release_payload()
 
 
 @dataclass

@@ -166,9 +166,10 @@ class MetricsMiddleware(Middleware):
             return
         with self._lock:
             self._lags[projection].append(lag)
-            key = (context.entity, context.session_id or "")
-            if context.session_id is not None and key in self._session_lags:
-                self._session_lags[key] = lag
+            if context.session_id is not None:
+                key = (context.entity, context.session_id)
+                if key in self._session_lags:  # only sessions held now
+                    self._session_lags[key] = lag
         if self._lag_histogram is not None:
             self._lag_histogram.record(lag, {"projection": projection})
 

@@ -89,9 +89,7 @@ class SessionLane:
                 ) as session:
                     failures = 0
                     await self._serve(session)
-            except NoSessionAvailableError:
-                continue
-            except _SessionLost:
+            except (NoSessionAvailableError, _SessionLost):
                 continue
             except Exception:
                 failures += 1
@@ -140,8 +138,9 @@ class SessionLane:
                     # the sessions waiting behind it out of this slot for good.
                     return
         finally:
+            lost = renewing.done()  # the renewal ends by itself only when the lock is lost
             renewing.cancel()
-            if held and not renewing.done():
+            if held and not lost:
                 await self._give_back(held)
             entity.inflight -= len(held)
             worker._hook("session_ended", entity.path, session_id)
@@ -173,7 +172,6 @@ class SessionLane:
             failing, batch = part[failed], part[failed + 1 :] + rest
             for handling in batch:
                 handling.retry()
-                handling.event.release_payload()
             failing.decision = decide(
                 failing.error,
                 delivery_count=failing.context.delivery_count,
