@@ -145,7 +145,9 @@ async def test_a_payload_that_never_comes_is_retried_then_dead_lettered(
 ) -> None:
     """Step 2's payload never arrives within the 1 s download deadline: it is abandoned
     after each try, dead-lettered by the max delivery count, and step 3 is applied after."""
-    queue = make_queue(lock=2.0, max_delivery_count=2, sessions=True)
+    # The abandons are the worker's, after each failed try: the lock plays no part, and a 2 s
+    # one was lost to a late renewal on a loaded machine.
+    queue = make_queue(lock=10.0, max_delivery_count=2, sessions=True)
     with storage_server() as server:
         settings = storage_settings(bus_settings, server.url("/store"), download_timeout_seconds=1)
         url = server.serve(f"/store/{queue}/Step/never.json", Reply(b"{}", delay=60))
@@ -175,7 +177,9 @@ async def test_large_payloads_of_one_session_fit_a_small_budget(
 ) -> None:
     """Six 1.5 MB payloads in one session, received in one batch, with a budget of 2 MB
     (room for one at a time): applied in order, each on its first delivery."""
-    queue = make_queue(sessions=True)
+    # A long lock: what this checks is the budget, and on a loaded machine a late renewal of a
+    # 3 s lock redelivered a step, which looked like the budget's fault.
+    queue = make_queue(lock=30.0, sessions=True)
     with storage_server() as server:
         settings = storage_settings(
             bus_settings,
